@@ -1,0 +1,26 @@
+# Data-free class-incremental learning: every (experiment, method, seed, task) is one node.
+#   train_task      results/{experiment}/{method}/seed{seed}/task{task}/{state.pt,metrics.json}
+#   summarize_run   results/{experiment}/{method}/seed{seed}/summary.json
+#   experiment_table results/{experiment}/final_accuracy.{md,tex,csv}, accuracy_curve.png
+#   import_mlflow   results/mlflow.db (a view rebuilt from results/; marker results/mlflow/imported.json)
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/mlflow.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

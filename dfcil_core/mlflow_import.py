@@ -1,0 +1,275 @@
+"""Import run summaries into MLflow: a parent run per (experiment, method), a child run per seed.
+
+Idempotent: every run carries a deterministic `run_key` tag and a `content_hash` tag of what was imported
+into it. A run whose hash matches is left alone; one whose hash differs is deleted (a parent together with
+its children) and recreated, so importing twice never duplicates runs or metric history. The content hash
+is the last thing written to a run, so a run half-written by an interrupted import never matches and is
+replaced by the next import.
+
+MLflow is imported lazily: it is slow to import and only this command needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfcil_core.config import ConfigError, canonical_json
+from dfcil_core.report import common_settings, flatten, mean_std, read_summary, write_text_atomically
+
+# Part of every content hash: bump it when what gets logged changes, so that the next import redoes all runs.
+IMPORT_FORMAT = 1
+
+# MLflow's limits (mlflow.utils.validation): longer param values are refused, larger batches too.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+
+PARENT_RUN_TAG = "mlflow.parentRunId"
+CURVE_FILE = "accuracy_curve.png"
+
+
+@dataclass
+class SeedRun:
+    """One summary.json and the files logged with it."""
+
+    summary_path: Path
+    summary: dict
+    images: list[tuple[str, Path]]  # (artifact folder "task<t>", PNG file)
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.summary['experiment']}/{self.summary['method']}/seed{self.summary['seed']}"
+
+    @property
+    def content_hash(self) -> str:
+        return _hash({"format": IMPORT_FORMAT, "summary": self.summary,
+                      "images": [(folder, path.name, _file_hash(path)) for folder, path in self.images]})
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _load_seed_run(summary_path: Path) -> SeedRun:
+    summary = read_summary(summary_path)
+    run_dir = summary_path.parent
+    images = [(f"task{t}", png) for t in range(summary["n_tasks"])
+              for png in sorted((run_dir / f"task{t}").glob("*.png"))]
+    return SeedRun(summary_path, summary, images)
+
+
+def _disable_telemetry() -> None:
+    # No network here; setdefault keeps a user's explicit choice.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """`<dir of the SQLite db>/mlflow-artifacts/<experiment>` as a file URI; None (MLflow's default) for
+    other stores."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    db_path = tracking_uri[len(prefix):].split("?", 1)[0]
+    if db_path in ("", ":memory:"):
+        return None
+    return (Path(db_path).resolve().parent / "mlflow-artifacts" / experiment).as_uri()
+
+
+def _experiment_id(client, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, name))
+    if experiment.lifecycle_stage == "deleted":  # a deleted experiment's name cannot be reused: restore it
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _active_runs(client, experiment_id: str) -> list:
+    from mlflow.entities import ViewType
+    runs, page_token = [], None
+    while True:
+        page = client.search_runs([experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=MAX_ENTITIES_PER_BATCH, page_token=page_token)
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+def _param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:MAX_PARAM_VALUE_LENGTH]
+
+
+def _params(settings: dict, **extra) -> dict[str, str]:
+    return {key: _param_value(value) for key, value in {**flatten(settings), **extra}.items()}
+
+
+def _log_batch(client, run_id: str, metrics: list, params: dict[str, str]) -> None:
+    """Everything in as few `log_batch` calls as MLflow's per-batch limits allow (one call per SQLite
+    transaction is what makes the import fast)."""
+    from mlflow.entities import Param
+    pending_params = [Param(key, value) for key, value in params.items()]
+    pending_metrics = list(metrics)
+    while pending_params or pending_metrics:
+        batch_params = pending_params[:MAX_PARAMS_TAGS_PER_BATCH]
+        n_metrics = MAX_ENTITIES_PER_BATCH - len(batch_params)
+        client.log_batch(run_id, metrics=pending_metrics[:n_metrics], params=batch_params)
+        pending_params = pending_params[len(batch_params):]
+        pending_metrics = pending_metrics[n_metrics:]
+
+
+def _metrics(values: dict[str, float | None], step: int = 0) -> list:
+    from mlflow.entities import Metric
+    timestamp = int(time.time() * 1000)
+    return [Metric(key, float(value), timestamp, step) for key, value in values.items() if value is not None]
+
+
+def _seed_metrics(summary: dict) -> list:
+    """Per-task curves at step = task index, and the run's scalars."""
+    metrics = []
+    matrix = summary["accuracy_matrix"]
+    for t, task in enumerate(summary["tasks"]):
+        per_task = {f"acc_task_{j}": matrix[j][t] for j in range(t + 1)}
+        metrics += _metrics({"accuracy_seen": task.get("accuracy_seen"),
+                             "accuracy_global": summary["accuracy_global"][t], **per_task,
+                             "train_seconds": task.get("train_seconds"),
+                             "images_per_second": task.get("images_per_second")}, step=t)
+    metrics += _metrics({key: summary.get(key) for key in (
+        "final_accuracy", "average_incremental_accuracy", "forgetting",
+        "train_seconds_total", "wall_seconds_total", "peak_memory_mb")})
+    return metrics
+
+
+def _group_metrics(runs: list[SeedRun]) -> list:
+    values: dict[str, float | None] = {"n_seeds": len(runs)}
+    for key in ("final_accuracy", "average_incremental_accuracy", "forgetting"):
+        per_seed = [run.summary[key] for run in runs]
+        mean, std = (None, None) if None in per_seed else mean_std(per_seed)
+        values |= {f"{key}_mean": mean, f"{key}_std": std}
+    return _metrics(values)
+
+
+class RunIndex:
+    """The experiment's active runs, looked up by their run_key tag; deleting through it keeps it current."""
+
+    def __init__(self, client, experiment_id: str):
+        self.client = client
+        self.runs = _active_runs(client, experiment_id)
+
+    def find(self, run_key: str, parent_id: str | None = None) -> list:
+        return [run for run in self.runs if run.data.tags.get("run_key") == run_key
+                and (parent_id is None or run.data.tags.get(PARENT_RUN_TAG) == parent_id)]
+
+    def children(self, parent_id: str) -> list:
+        return [run for run in self.runs if run.data.tags.get(PARENT_RUN_TAG) == parent_id]
+
+    def delete(self, run) -> None:
+        doomed = [run, *self.children(run.info.run_id)]
+        for stale in doomed:
+            self.client.delete_run(stale.info.run_id)
+        doomed_ids = {stale.info.run_id for stale in doomed}
+        self.runs = [kept for kept in self.runs if kept.info.run_id not in doomed_ids]
+
+    def current(self, run_key: str, content_hash: str, parent_id: str | None = None) -> str | None:
+        """The id of the one up-to-date run with this key; deletes stale or duplicate ones and returns None."""
+        found = self.find(run_key, parent_id)
+        if len(found) == 1 and found[0].data.tags.get("content_hash") == content_hash:
+            return found[0].info.run_id
+        for stale in self.find(run_key):  # also those under another parent: they are orphans now
+            self.delete(stale)
+        return None
+
+
+def _create_run(client, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    return client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+
+
+def _finish_run(client, run_id: str, content_hash: str) -> None:
+    # Last: the hash marks the run as completely imported.
+    client.set_tag(run_id, "content_hash", content_hash)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _import_seed(client, experiment_id: str, run: SeedRun, parent_id: str, index: RunIndex) -> str:
+    summary = run.summary
+    run_id = index.current(run.run_key, run.content_hash, parent_id)
+    if run_id:
+        return run_id
+    run_id = _create_run(client, experiment_id, f"{summary['method']}-seed{summary['seed']}", {
+        PARENT_RUN_TAG: parent_id, "run_key": run.run_key, "level": "seed",
+        "experiment": summary["experiment"], "method": summary["method"], "seed": str(summary["seed"]),
+        "git_commit": str(summary.get("git_commit")), "fingerprint": summary["fingerprint"]})
+    _log_batch(client, run_id, _seed_metrics(summary), _params(summary["settings"], seed=summary["seed"]))
+    client.log_dict(run_id, {"orientation": "accuracy_matrix[j][i]: accuracy on task j after training task i",
+                             "accuracy_matrix": summary["accuracy_matrix"]}, "accuracy_matrix.json")
+    client.log_artifact(run_id, str(run.summary_path))
+    for folder, image in run.images:
+        client.log_artifact(run_id, str(image), artifact_path=folder)
+    _finish_run(client, run_id, run.content_hash)
+    return run_id
+
+
+def _import_method(client, experiment_id: str, experiment: str, method: str, runs: list[SeedRun],
+                   curve: Path | None, index: RunIndex) -> dict[str, str]:
+    """The method's parent run and its children; returns run_key -> run_id."""
+    settings = common_settings(method, [run.summary for run in runs])
+    run_key = f"{experiment}/{method}"
+    # Covers the children: a changed seed changes the means, so the whole group is redone.
+    content_hash = _hash({"format": IMPORT_FORMAT, "children": [run.content_hash for run in runs],
+                          "curve": _file_hash(curve) if curve else None})
+    parent_id = index.current(run_key, content_hash)
+    created = parent_id is None
+    if created:
+        parent_id = _create_run(client, experiment_id, method, {
+            "run_key": run_key, "level": "group", "experiment": experiment, "method": method})
+        _log_batch(client, parent_id, _group_metrics(runs), _params(settings))
+        if curve:
+            client.log_artifact(parent_id, str(curve))
+    run_ids = {run_key: parent_id}
+    for run in runs:
+        run_ids[run.run_key] = _import_seed(client, experiment_id, run, parent_id, index)
+    if created:  # after the children, so a parent marked complete always has all of them
+        _finish_run(client, parent_id, content_hash)
+    return run_ids
+
+
+def _experiment_curve(runs: list[SeedRun]) -> Path | None:
+    """results/<experiment>/accuracy_curve.png, written by the tables step next to the method folders."""
+    curve = runs[0].summary_path.parent.parent.parent / CURVE_FILE
+    return curve if curve.is_file() else None
+
+
+def import_results(summaries: list[Path], tracking_uri: str, marker: Path) -> None:
+    """Import the runs of `summaries` into the MLflow store at `tracking_uri`; write run_key -> run_id
+    of every run to `marker` (JSON)."""
+    if not summaries:
+        raise ConfigError("no run summaries given")
+    _disable_telemetry()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    groups: dict[tuple[str, str], list[SeedRun]] = {}
+    for run in map(_load_seed_run, summaries):
+        groups.setdefault((run.summary["experiment"], run.summary["method"]), []).append(run)
+
+    indexes: dict[str, tuple[str, RunIndex]] = {}
+    run_ids: dict[str, str] = {}
+    for (experiment, method), runs in groups.items():
+        if experiment not in indexes:
+            experiment_id = _experiment_id(client, experiment, tracking_uri)
+            indexes[experiment] = experiment_id, RunIndex(client, experiment_id)
+        experiment_id, index = indexes[experiment]
+        runs.sort(key=lambda run: run.summary["seed"])
+        run_ids |= _import_method(client, experiment_id, experiment, method, runs, _experiment_curve(runs), index)
+    write_text_atomically(marker, json.dumps(dict(sorted(run_ids.items())), indent=1) + "\n")

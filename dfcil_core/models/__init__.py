@@ -1,0 +1,1 @@
+"""Networks: the CIFAR ResNet classifier (and, added by the data-free methods, generators)."""

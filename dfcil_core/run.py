@@ -1,0 +1,135 @@
+"""One DAG node: load the previous task's state, train task t, save the state and the task's metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from dfcil_core.config import ConfigError, StateError, deep_merge, fingerprint
+from dfcil_core.data import TrainData
+from dfcil_core.learners import learner_class, resolve_hyperparameters
+from dfcil_core.learners.api import Context, Task
+from dfcil_core.models.resnet import build_model
+from dfcil_core.trainer import seed_everything, train_task
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.json"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve(settings: dict) -> tuple[dict, dict, dict]:
+    """(settings with the method's resolved hyperparameters, hyperparameters, training settings)."""
+    hp = resolve_hyperparameters(settings["method"], settings.get("method_settings") or {})
+    train = deep_merge(settings["train"], hp.get("train", {}))
+    return {**settings, "method_settings": hp}, hp, train
+
+
+def fingerprints(settings: dict, seed: int, n: int) -> list[str]:
+    """Fingerprints of tasks 0..n-1 of one run; each chains its parent's."""
+    chain, parent = [], None
+    for t in range(n):
+        parent = fingerprint(settings, seed, t, parent)
+        chain.append(parent)
+    return chain
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary name and rename, so a half-written file never looks complete."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def load_state(parent_dir: Path, expected_fp: str, method: str, device: torch.device) -> dict:
+    path = parent_dir / STATE_FILE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise StateError(f"parent state {path} does not exist") from None
+    except Exception as e:  # a truncated or corrupted file fails to unpickle/unzip
+        raise StateError(f"parent state {path} is unreadable (truncated or corrupted?): {e}") from None
+    if state.get("method") != method:
+        raise StateError(f"parent state {path} belongs to method {state.get('method')!r}, not {method!r}")
+    if state.get("fingerprint") != expected_fp:
+        raise StateError(f"parent state {path} has fingerprint {state.get('fingerprint')} but this job expects "
+                         f"{expected_fp}: it was produced with other settings; rerun its task first")
+    return state
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
+               parent_dir: Path | None, data_root: str = "data", download: bool = False,
+               device: str = "auto", log=print) -> dict:
+    """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir."""
+    settings, hp, train = resolve(settings)
+    method = settings["method"]
+    dev = pick_device(device)
+    dataset_cfg = {**settings["dataset"], "root": data_root, "download": download}
+    data = TrainData(dataset_cfg, seed, settings["first_split"], settings["other_split"], dev,
+                     settings.get("max_tasks"), settings.get("augment", True), settings.get("crop_padding", 4))
+    if not 0 <= task_index < data.n_tasks:
+        raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
+    chain = fingerprints(settings, seed, task_index + 1)
+    state = None
+    if task_index > 0:
+        if parent_dir is None:
+            raise StateError(f"task {task_index} needs the state of task {task_index - 1}")
+        state = load_state(parent_dir, chain[task_index - 1], method, dev)
+
+    info = data.info
+    ctx = Context(data=data, train=train, n_classes=info.n_classes, device=dev, seed=seed,
+                  make_model=lambda: build_model(settings["model"], info.n_classes, info.channels).to(dev))
+    seed_everything(seed)  # model initialisation draws from the run's seed, before any per-task reseed
+    learner = learner_class(method)(hp, ctx)
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+    task = Task(task_index, data.n_tasks, data.bounds[task_index], data.bounds[task_index + 1])
+
+    log(f"{experiment}/{method}/seed{seed}/task{task_index}: {len(data.task_classes(task_index))} new classes, "
+        f"{task.n_seen_classes} seen, device {dev}, fingerprint {chain[-1]}")
+    wall = time.perf_counter()
+    metrics = train_task(learner, task, data, train, seed, log=log)
+    wall = time.perf_counter() - wall
+    peak_mb = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / STATE_FILE, lambda p: torch.save(
+        {"fingerprint": chain[-1], "method": method, "seed": seed, "task": task_index,
+         "learner": learner.state_dict()}, p))
+    record = {
+        "experiment": experiment, "method": method, "seed": seed, "task": task_index,
+        "n_tasks": data.n_tasks, "fingerprint": chain[-1],
+        "parent_fingerprint": chain[-2] if task_index else None,
+        **metrics,
+        "wall_seconds": wall, "peak_memory_mb": peak_mb,
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "class_order": data.class_order,
+        "settings": settings,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "git_commit": git_commit(),
+    }
+    atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
+    log(f"accuracy per seen task {['%.1f' % a for a in metrics['accuracy_per_task']]}, "
+        f"seen classes {metrics['accuracy_seen']:.2f}%, {wall:.1f}s")
+    return record
