@@ -77,32 +77,33 @@ def git_commit() -> str:
         return "unknown"
 
 
-def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
-               parent_dir: Path | None, data_root: str = "data", download: bool = False,
-               device: str = "auto", log=print) -> dict:
-    """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir."""
+def build(settings: dict, seed: int, device: str = "auto", data_root: str = "data", download: bool = False):
+    """Resolve a run's settings, load its data onto the device and construct its learner (task 0 weights)."""
     settings, hp, train = resolve(settings)
-    method = settings["method"]
     dev = pick_device(device)
-    dataset_cfg = {**settings["dataset"], "root": data_root, "download": download}
-    data = TrainData(dataset_cfg, seed, settings["first_split"], settings["other_split"], dev,
-                     settings.get("max_tasks"), settings.get("augment", True), settings.get("crop_padding", 4))
-    if not 0 <= task_index < data.n_tasks:
-        raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
-    chain = fingerprints(settings, seed, task_index + 1)
-    state = None
-    if task_index > 0:
-        if parent_dir is None:
-            raise StateError(f"task {task_index} needs the state of task {task_index - 1}")
-        state = load_state(parent_dir, chain[task_index - 1], method, dev)
-
+    data = TrainData({**settings["dataset"], "root": data_root, "download": download}, seed,
+                     settings["first_split"], settings["other_split"], dev, settings.get("max_tasks"),
+                     settings.get("augment", True), settings.get("crop_padding", 4))
     info = data.info
     ctx = Context(data=data, train=train, n_classes=info.n_classes, device=dev, seed=seed,
                   make_model=lambda: build_model(settings["model"], info.n_classes, info.channels).to(dev))
     seed_everything(seed)  # model initialisation draws from the run's seed, before any per-task reseed
-    learner = learner_class(method)(hp, ctx)
-    if state is not None:
-        learner.load_state_dict(state["learner"])
+    return settings, train, data, learner_class(settings["method"])(hp, ctx)
+
+
+def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
+               parent_dir: Path | None, data_root: str = "data", download: bool = False,
+               device: str = "auto", log=print) -> dict:
+    """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir."""
+    settings, train, data, learner = build(settings, seed, device, data_root, download)
+    method, dev = settings["method"], data.device
+    if not 0 <= task_index < data.n_tasks:
+        raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
+    chain = fingerprints(settings, seed, task_index + 1)
+    if task_index > 0:
+        if parent_dir is None:
+            raise StateError(f"task {task_index} needs the state of task {task_index - 1}")
+        learner.load_state_dict(load_state(parent_dir, chain[task_index - 1], method, dev)["learner"])
     task = Task(task_index, data.n_tasks, data.bounds[task_index], data.bounds[task_index + 1])
 
     log(f"{experiment}/{method}/seed{seed}/task{task_index}: {len(data.task_classes(task_index))} new classes, "
@@ -133,3 +134,15 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     log(f"accuracy per seen task {['%.1f' % a for a in metrics['accuracy_per_task']]}, "
         f"seen classes {metrics['accuracy_seen']:.2f}%, {wall:.1f}s")
     return record
+
+
+def train_in_process(settings: dict, seed: int, n_tasks: int, device: str = "cpu", data_root: str = "data",
+                     log=lambda msg: None) -> list[dict]:
+    """Train tasks 0..n_tasks-1 with one learner object and no state files: the uninterrupted run that
+    a chain of `train_node` jobs (each starting from the saved state of the last) must reproduce."""
+    settings, train, data, learner = build(settings, seed, device, data_root)
+    results = []
+    for t in range(n_tasks):
+        task = Task(t, data.n_tasks, data.bounds[t], data.bounds[t + 1])
+        results.append(train_task(learner, task, data, train, seed, log=log))
+    return results

@@ -113,10 +113,11 @@ def run_stage(stage: Stage, data) -> dict:
 
 
 @torch.no_grad()
-def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> list[float]:
-    """Top-1 accuracy (%) on each seen task's test set, argmax over all seen classes (§7.1)."""
+def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> tuple[list[float], list[int]]:
+    """Top-1 accuracy (%) on each seen task's test set, argmax over all seen classes (§7.1),
+    and the size of each test set."""
     learner.model.eval()
-    accuracies = []
+    accuracies, sizes = [], []
     for j in range(task.index + 1):
         x_all, y_all = data.test_task(j)
         correct = torch.zeros((), device=data.device)
@@ -125,7 +126,8 @@ def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> list
             pred = learner.logits(x).argmax(dim=1)
             correct += (pred == y_all[start:start + batch_size]).sum()
         accuracies.append(100.0 * float(correct) / len(y_all))
-    return accuracies
+        sizes.append(len(y_all))
+    return accuracies, sizes
 
 
 def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
@@ -151,10 +153,10 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
     if data.device.type == "cuda":
         torch.cuda.synchronize(data.device)
     end_task_seconds = time.perf_counter() - start - train_seconds
-    accuracy = evaluate(learner, task, data)
+    accuracy, sizes = evaluate(learner, task, data)
     return {
         "accuracy_per_task": accuracy,
-        "accuracy_seen": sum(accuracy) / len(accuracy),
+        "accuracy_seen": sum(a * n for a, n in zip(accuracy, sizes)) / sum(sizes),
         "train_steps": counts["steps"],
         "train_images": counts["samples"],
         "train_seconds": train_seconds,

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny settings that train in seconds on the CPU."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def tiny_settings(method: str, **method_settings) -> dict:
+    """mnist5k at 8x8, a one-block ResNet of width 4, 1 epoch, 3 tasks of 2 classes (+ a partial split)."""
+    return {
+        "dataset": {"name": "mnist5k", "resolution": 8},
+        "model": {"name": "resnet32", "blocks_per_stage": 1, "width": 4},
+        "train": {"epochs": 1, "lr": 0.05, "lr_milestones": [], "batch_size": 32, "momentum": 0.9,
+                  "weight_decay": 0.0002},
+        "first_split": 2, "other_split": 2, "max_tasks": 3, "augment": True, "crop_padding": 1,
+        "method": method, "method_settings": method_settings,
+    }
+
+
+def write_cifar100(root, n_per_class_train=5, n_per_class_test=2, seed=0):
+    """Random images in the exact CIFAR-100 python-pickle layout under root/cifar-100-python/."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_per_class_train), ("test", n_per_class_test)):
+        fine = np.repeat(np.arange(100), n)
+        rng.shuffle(fine)
+        data = rng.integers(0, 256, size=(len(fine), 3072), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"filenames": [b"x"] * len(fine), b"fine_labels": fine.tolist(),
+                         b"coarse_labels": (fine // 5).tolist(), b"data": data}, f)
+    return folder
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    write_cifar100(tmp_path)
+    return tmp_path
