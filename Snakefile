@@ -8,7 +8,10 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo is the default; `--configfile X` replaces it rather than being merged into it.
+if not config.get("experiments"):
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
