@@ -1,4 +1,5 @@
 # Data-free class-incremental learning: every (experiment, method, seed, task) is one node.
+#   prepare_data    results/data/{dataset}.npz (read once through the real loader)
 #   train_task      results/{experiment}/{method}/seed{seed}/task{task}/{state.pt,metrics.json}
 #   summarize_run   results/{experiment}/{method}/seed{seed}/summary.json
 #   experiment_table results/{experiment}/final_accuracy.{md,tex,csv}, accuracy_curve.png
@@ -18,6 +19,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/mlflow.smk"

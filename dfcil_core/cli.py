@@ -26,7 +26,12 @@ def cmd_train_task(a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     train_node(json.loads(a.settings), a.experiment, a.seed, a.task, Path(a.out),
-               Path(a.parent) if a.parent else None, a.data_root, a.download, a.device, log=_log_to(a.log))
+               Path(a.parent) if a.parent else None, Path(a.data), a.device, log=_log_to(a.log))
+
+
+def cmd_prepare_data(a) -> None:
+    from dfcil_core.data import save_prepared
+    save_prepared(json.loads(a.dataset), Path(a.out))
 
 
 def cmd_summarize(a) -> None:
@@ -55,12 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task", type=int, required=True)
     p.add_argument("--out", required=True, help="task directory to write state.pt and metrics.json to")
     p.add_argument("--parent", help="the previous task's directory (omit for task 0)")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--download", action="store_true")
+    p.add_argument("--data", required=True, help="the prepared dataset file (dfcil prepare-data)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--log", help="append progress lines to this file too")
     p.set_defaults(func=cmd_train_task)
+
+    p = sub.add_parser("prepare-data", help="read a dataset once into a compact array file")
+    p.add_argument("--dataset", required=True, help="JSON of the dataset settings (name, root, download, ...)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("summarize", help="accuracy matrix and metrics of one run (all its tasks)")
     p.add_argument("run_dir")

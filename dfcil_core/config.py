@@ -92,6 +92,13 @@ def check_dataset_available(dataset: dict) -> None:
         raise ConfigError(f"npz dataset file not found: {dataset.get('path')!r}")
 
 
+def dataset_id(dataset: dict) -> str:
+    """The name of a dataset's prepared array file; resizing happens later, on the device."""
+    if dataset["name"] == "npz":
+        return f"npz-{Path(dataset.get('path', 'data')).stem}"
+    return dataset["name"]
+
+
 def run_settings(exp: dict, method: str) -> dict:
     """Everything that determines one run's results (device and paths excluded).
 

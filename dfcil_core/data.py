@@ -138,6 +138,24 @@ def load_arrays(cfg: dict):
     raise DataError(f"unknown dataset {name!r}")
 
 
+def save_prepared(cfg: dict, path: Path) -> None:
+    """Read a dataset once through its real loader and store it as one compact array file, so that
+    every training job loads it in milliseconds (written under a temporary name, then renamed)."""
+    x_train, y_train, x_test, y_test = load_arrays(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    tmp.replace(path)
+
+
+def load_prepared(path: Path):
+    try:
+        with np.load(path) as f:
+            return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"prepared dataset {path} is missing or unreadable: {e}") from None
+
+
 # ---------------------------------------------------------------- augmentation (per sample)
 
 def augment(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
@@ -179,12 +197,14 @@ class TrainData:
 
     def __init__(self, cfg: dict, seed: int, first_split: int, other_split: int,
                  device: torch.device, max_tasks: int | None = None, augment_train: bool = True,
-                 crop_padding: int = 4):
+                 crop_padding: int = 4, arrays=None):
+        """`arrays`: (x_train, y_train, x_test, y_test) already loaded (e.g. `load_prepared`);
+        by default they are read through the dataset's loader."""
         self.info = dataset_info(cfg)
         self.device = device
         self.augment_train = augment_train
         self.crop_padding = crop_padding
-        x_train, y_train, x_test, y_test = load_arrays(cfg)
+        x_train, y_train, x_test, y_test = load_arrays(cfg) if arrays is None else arrays
         k = self.info.n_classes
         for name, y in (("train", y_train), ("test", y_test)):
             if y.min() < 0 or y.max() >= k:

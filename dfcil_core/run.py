@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from dfcil_core.config import ConfigError, StateError, deep_merge, fingerprint
-from dfcil_core.data import TrainData
+from dfcil_core.data import TrainData, load_prepared
 from dfcil_core.learners import learner_class, resolve_hyperparameters
 from dfcil_core.learners.api import Context, Task
 from dfcil_core.models.resnet import build_model
@@ -77,13 +77,16 @@ def git_commit() -> str:
         return "unknown"
 
 
-def build(settings: dict, seed: int, device: str = "auto", data_root: str = "data", download: bool = False):
-    """Resolve a run's settings, load its data onto the device and construct its learner (task 0 weights)."""
+def build(settings: dict, seed: int, device: str = "auto", data_file: Path | None = None,
+          data_root: str = "data"):
+    """Resolve a run's settings, load its data onto the device and construct its learner (task 0 weights).
+    The data comes from a prepared array file (`dfcil prepare-data`) or, without one, its loader."""
     settings, hp, train = resolve(settings)
     dev = pick_device(device)
-    data = TrainData({**settings["dataset"], "root": data_root, "download": download}, seed,
+    data = TrainData({**settings["dataset"], "root": data_root}, seed,
                      settings["first_split"], settings["other_split"], dev, settings.get("max_tasks"),
-                     settings.get("augment", True), settings.get("crop_padding", 4))
+                     settings.get("augment", True), settings.get("crop_padding", 4),
+                     arrays=load_prepared(data_file) if data_file else None)
     info = data.info
     ctx = Context(data=data, train=train, n_classes=info.n_classes, device=dev, seed=seed,
                   make_model=lambda: build_model(settings["model"], info.n_classes, info.channels).to(dev))
@@ -92,10 +95,10 @@ def build(settings: dict, seed: int, device: str = "auto", data_root: str = "dat
 
 
 def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
-               parent_dir: Path | None, data_root: str = "data", download: bool = False,
-               device: str = "auto", log=print) -> dict:
+               parent_dir: Path | None, data_file: Path | None = None, device: str = "auto",
+               log=print) -> dict:
     """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir."""
-    settings, train, data, learner = build(settings, seed, device, data_root, download)
+    settings, train, data, learner = build(settings, seed, device, data_file)
     method, dev = settings["method"], data.device
     if not 0 <= task_index < data.n_tasks:
         raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
@@ -118,6 +121,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     atomic_write(out_dir / STATE_FILE, lambda p: torch.save(
         {"fingerprint": chain[-1], "method": method, "seed": seed, "task": task_index,
          "learner": learner.state_dict()}, p))
+    learner.artifacts(out_dir)
     record = {
         "experiment": experiment, "method": method, "seed": seed, "task": task_index,
         "n_tasks": data.n_tasks, "fingerprint": chain[-1],
@@ -140,7 +144,7 @@ def train_in_process(settings: dict, seed: int, n_tasks: int, device: str = "cpu
                      log=lambda msg: None) -> list[dict]:
     """Train tasks 0..n_tasks-1 with one learner object and no state files: the uninterrupted run that
     a chain of `train_node` jobs (each starting from the saved state of the last) must reproduce."""
-    settings, train, data, learner = build(settings, seed, device, data_root)
+    settings, train, data, learner = build(settings, seed, device, data_root=data_root)
     results = []
     for t in range(n_tasks):
         task = Task(t, data.n_tasks, data.bounds[t], data.bounds[t + 1])

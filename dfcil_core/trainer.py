@@ -137,6 +137,7 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
     if data.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(data.device)
     start = time.perf_counter()
+    learner.log = log
     learner.begin_task(task)
     learner.model.train()
     main = Stage(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -74,6 +75,8 @@ class Learner:
     name = "base"
     # Whether inputs are normalized with the dataset's mean/std (DGR's sigmoid VAE wants [0, 1]).
     normalize_inputs = True
+    # Progress lines of extra stages run from `end_task`; the trainer sets it to its own log for each task.
+    log: Callable[[str], None] = print
 
     def __init__(self, hp: dict, ctx: Context):
         self.hp = hp
@@ -102,6 +105,10 @@ class Learner:
 
     def end_task(self, task: Task) -> None:
         """Task boundary: memory update, teacher snapshot, extra stages (via trainer.run_stage)."""
+
+    def artifacts(self, out_dir: Path) -> None:
+        """Optional extra files for the task's directory (e.g. a grid of generated samples), written after
+        the state is saved. The MLflow import logs any `task<t>/*.png`."""
 
     # ---- evaluation ----
     @torch.no_grad()

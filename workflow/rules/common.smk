@@ -8,6 +8,7 @@ from dfcil_core import config as dfcil_config
 RESULTS = "results"
 EXPERIMENTS = dfcil_config.experiments(config)
 N_TASKS = {}
+DATASETS = {}  # prepared-file id -> dataset settings
 for _name, _exp in EXPERIMENTS.items():
     # Bad settings fail here, naming the problem, before any job starts.
     try:
@@ -15,12 +16,20 @@ for _name, _exp in EXPERIMENTS.items():
         dfcil_config.check_dataset_available(_exp["dataset"])
     except dfcil_config.ConfigError as e:
         raise WorkflowError(f"experiment {_name!r}: {e}")
+    _source = {k: v for k, v in _exp["dataset"].items() if k != "resolution"}
+    _id = dfcil_config.dataset_id(_source)
+    if DATASETS.setdefault(_id, _source) != _source:
+        raise WorkflowError(
+            f"experiment {_name!r} reads dataset {_id!r} from other files than another experiment: "
+            f"{_source} vs {DATASETS[_id]}"
+        )
 
 
 wildcard_constraints:
     experiment=r"[A-Za-z0-9_.-]+",
     method=r"[a-z0-9_]+",
     seed=r"\d+",
+    dataset=r"[A-Za-z0-9_.-]+",
     task=r"\d+",
 
 
@@ -36,13 +45,18 @@ def parent_state(wildcards):
     return f"{run_dir(wildcards.experiment, wildcards.method, wildcards.seed)}/task{t - 1}/state.pt"
 
 
-def train_params(wildcards):
+def prepared_data(wildcards):
+    dataset = EXPERIMENTS[wildcards.experiment]["dataset"]
+    return f"{RESULTS}/data/{dfcil_config.dataset_id(dataset)}.npz"
+
+
+def train_settings(wildcards):
     exp = EXPERIMENTS[wildcards.experiment]
-    return {
-        "settings": json.dumps(dfcil_config.run_settings(exp, wildcards.method), sort_keys=True),
-        "data_root": exp["dataset"].get("root", "data"),
-        "download": "--download" if exp["dataset"].get("download", False) else "",
-    }
+    return json.dumps(dfcil_config.run_settings(exp, wildcards.method), sort_keys=True)
+
+
+def parent_arg(wildcards, input):
+    return f"--parent {Path(input.parent).parent}" if input.parent else ""
 
 
 def run_metrics(wildcards):

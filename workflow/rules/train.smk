@@ -1,12 +1,13 @@
 rule train_task:
     input:
+        data=prepared_data,
         parent=parent_state,
     output:
         state=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/state.pt",
         metrics=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/metrics.json",
     params:
-        run=train_params,
-        parent=lambda wildcards, input: f"--parent {Path(input.parent).parent}" if input.parent else "",
+        settings=train_settings,
+        parent=parent_arg,
         out=lambda wildcards, output: Path(output.state).parent,
         device=config.get("device", "auto"),
     log:
@@ -15,7 +16,6 @@ rule train_task:
     resources:
         gpu=1,
     shell:
-        "dfcil train-task --settings {params.run[settings]:q}"
+        "dfcil train-task --settings {params.settings:q} --data {input.data}"
         " --experiment {wildcards.experiment} --seed {wildcards.seed} --task {wildcards.task}"
-        " --out {params.out} {params.parent} --data-root {params.run[data_root]:q} {params.run[download]}"
-        " --device {params.device} --threads {threads} > {log} 2>&1"
+        " --out {params.out} {params.parent} --device {params.device} --threads {threads} > {log} 2>&1"

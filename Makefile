@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh clone (CPU-only Linux, Python >= 3.11):
+#   make run    create .venv, install, run the default workflow (the offline demo)
+#   make test   create .venv, install, run the test suite
+VENV ?= .venv
+CORES ?= 2
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install run test clean-results
+
+install: $(VENV)/.installed
+
+# torch and torchvision are pinned here (a pair that imports together on our CPU machines);
+# pyproject.toml keeps loose ranges for users who bring their own CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c "import torch, torchvision, snakemake, mlflow, mlxtend"
+	touch $@
+
+run: install
+	snakemake --cores $(CORES)
+
+test: install
+	$(PY) -m pytest -q
+
+clean-results:
+	rm -rf results .snakemake

@@ -1,0 +1,178 @@
+"""The Snakemake workflow: dry-run job counts, a tiny real run end to end, resumption, bad input."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import write_cifar100
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def snakemake(workdir, *args, configfile=None):
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
+    if configfile:
+        cmd += ["--configfile", str(configfile)]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def job_counts(output: str) -> dict:
+    block = output[output.index("Job stats"):]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, flags=re.M)}
+
+
+def test_dry_run_default_config(tmp_path):
+    demo = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    exp = {**demo["defaults"], **demo["experiments"]["mnist5k-5task"]}
+    out = snakemake(tmp_path, "-n", configfile=REPO / "config/config.yaml")
+    assert out.returncode == 0, out.stderr
+    counts = job_counts(out.stdout)
+    assert counts["train_task"] == len(exp["methods"]) * len(exp["seeds"]) * 5
+    assert counts["summarize_run"] == len(exp["methods"]) * len(exp["seeds"])
+
+
+def test_dry_run_paper_config_lists_the_whole_grid(tmp_path):
+    paper = yaml.safe_load((REPO / "config/paper/cifar100.yaml").read_text())
+    n_methods, n_seeds = len(paper["defaults"]["methods"]), len(paper["defaults"]["seeds"])
+    out = snakemake(tmp_path, "-n", configfile=REPO / "config/paper/cifar100.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout)["train_task"] == n_methods * n_seeds * (5 + 10 + 20)
+
+
+def tiny_config(root, **overrides):
+    cfg = {
+        "device": "cpu",
+        "defaults": {
+            "dataset": {"name": "cifar100", "root": str(root / "data"), "download": False, "resolution": 8},
+            "model": {"name": "resnet32", "blocks_per_stage": 1, "width": 4},
+            "train": {"epochs": 1, "lr": 0.05, "lr_milestones": [], "batch_size": 32, "momentum": 0.9,
+                      "weight_decay": 0.0002},
+            "crop_padding": 1,
+            "seeds": [0],
+            "methods": ["base", "naive_rehearsal"],
+            "method_settings": {"naive_rehearsal": {"memory_size": 100}},
+        },
+        "experiments": {"tiny": {"first_split": 50, "other_split": 50}},
+    }
+    for key, value in overrides.items():
+        cfg["defaults"][key] = value
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
+    write_cifar100(tmp_path / "data")
+    config = tiny_config(tmp_path)
+    out = snakemake(tmp_path, configfile=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = tmp_path / "results"
+    for method in ("base", "naive_rehearsal"):
+        run = results / "tiny" / method / "seed0"
+        for t in (0, 1):
+            metrics = json.loads((run / f"task{t}" / "metrics.json").read_text())
+            assert len(metrics["accuracy_per_task"]) == t + 1 and metrics["task"] == t
+            assert metrics["settings"]["method"] == method
+            state = torch.load(run / f"task{t}" / "state.pt", weights_only=True)
+            assert state["fingerprint"] == metrics["fingerprint"]
+            assert (results / "logs" / "tiny" / method / "seed0" / f"task{t}.log").is_file()
+        summary = json.loads((run / "summary.json").read_text())
+        assert len(summary["accuracy_matrix"]) == 2
+    for ext in ("md", "tex", "csv"):
+        assert (results / "tiny" / f"final_accuracy.{ext}").is_file()
+    assert (results / "tiny" / "accuracy_curve.png").stat().st_size > 0
+    table = (results / "tiny" / "final_accuracy.md").read_text()
+    assert re.search(r"^\| Base \| \d+\.\d ± 0\.0 \|", table, flags=re.M)
+    assert re.search(r"^\| Naive Rehearsal \| \d+\.\d ± 0\.0 \|", table, flags=re.M)
+
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4  # a parent per method, a child per seed
+    child = next(r for r in runs if r.data.tags.get("level") == "seed" and r.data.tags["method"] == "base")
+    assert child.data.params["train.epochs"] == "1"
+    history = client.get_metric_history(child.info.run_id, "accuracy_global")
+    assert [m.step for m in history] == [0, 1]
+
+    again = snakemake(tmp_path, configfile=config)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A second import (forced) changes nothing in MLflow.
+    forced = snakemake(tmp_path, "--forcerun", "import_mlflow", configfile=config)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    runs_after = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_id for r in runs_after) == sorted(r.info.run_id for r in runs)
+    assert len(client.get_metric_history(child.info.run_id, "accuracy_global")) == 2
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_after_the_last_completed_task(tmp_path):
+    write_cifar100(tmp_path / "data")
+    config = tiny_config(tmp_path, methods=["base"])
+    first = snakemake(tmp_path, "results/tiny/base/seed0/task0/metrics.json", configfile=config)
+    assert first.returncode == 0, first.stderr[-2000:]
+    task0 = tmp_path / "results/tiny/base/seed0/task0/state.pt"
+    mtime = task0.stat().st_mtime_ns
+    dry = snakemake(tmp_path, "-n", configfile=config)
+    assert job_counts(dry.stdout)["train_task"] == 1  # only task 1 is left
+    rest = snakemake(tmp_path, configfile=config)
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    assert task0.stat().st_mtime_ns == mtime, "a completed task was retrained"
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c["defaults"].update(methods=["base", "no_such_method"]), "no_such_method"),
+    (lambda c: c["experiments"]["tiny"].update(other_split=30), "do not split"),
+    (lambda c: c["defaults"]["dataset"].update(root="/nonexistent/cifar"), "/nonexistent/cifar/cifar-100-python"),
+])
+def test_bad_config_fails_before_any_job(tmp_path, mutate, message):
+    write_cifar100(tmp_path / "data")
+    path = tiny_config(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    mutate(cfg)
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(tmp_path, configfile=path)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
+    assert not (tmp_path / "results" / "tiny").exists()
+
+
+def test_malformed_yaml_is_reported(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("experiments:\n  tiny: {first_split: 50, other_split: [\n")
+    out = snakemake(tmp_path, "-n", configfile=path)
+    assert out.returncode != 0
+    assert "Config file is not valid JSON or YAML" in out.stdout + out.stderr
+
+
+def test_parent_state_with_another_fingerprint_is_refused(tmp_path):
+    from conftest import tiny_settings
+    from dfcil_core.config import StateError
+    from dfcil_core.run import train_node
+
+    settings = tiny_settings("base")
+    train_node(settings, "tiny", 0, 0, tmp_path / "task0", None, device="cpu", log=lambda m: None)
+    changed = {**settings, "train": {**settings["train"], "lr": 0.01}}
+    with pytest.raises(StateError, match="fingerprint"):
+        train_node(changed, "tiny", 0, 1, tmp_path / "task1", tmp_path / "task0", device="cpu", log=lambda m: None)
+    other_method = tiny_settings("naive_rehearsal", memory_size=40)
+    with pytest.raises(StateError, match="belongs to method 'base'"):
+        train_node(other_method, "tiny", 0, 1, tmp_path / "t1", tmp_path / "task0", device="cpu", log=lambda m: None)
+    (tmp_path / "task0" / "state.pt").write_bytes((tmp_path / "task0" / "state.pt").read_bytes()[:100])
+    with pytest.raises(StateError, match="unreadable"):
+        train_node(settings, "tiny", 0, 1, tmp_path / "task1", tmp_path / "task0", device="cpu", log=lambda m: None)
+    assert not (tmp_path / "task1").exists()
