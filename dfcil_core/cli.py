@@ -26,7 +26,8 @@ def cmd_train_task(a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     train_node(json.loads(a.settings), a.experiment, a.seed, a.task, Path(a.out),
-               Path(a.parent) if a.parent else None, Path(a.data), a.device, log=_log_to(a.log))
+               Path(a.parent) if a.parent else None, Path(a.data), a.device, a.checkpoint_minutes,
+               a.jobs_per_gpu, log=_log_to(a.log))
 
 
 def cmd_prepare_data(a) -> None:
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="the prepared dataset file (dfcil prepare-data)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="save resumable progress this often (at epoch boundaries; 0: every epoch)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="with several visible GPUs, how many jobs share one (each claims a slot)")
     p.add_argument("--log", help="append progress lines to this file too")
     p.set_defaults(func=cmd_train_task)
 

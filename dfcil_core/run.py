@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from dfcil_core.config import ConfigError, StateError, deep_merge, fingerprint
+from dfcil_core.checkpoint import Checkpointer, checkpointing
 from dfcil_core.data import TrainData, load_prepared
+from dfcil_core.devices import pick_device
 from dfcil_core.learners import learner_class, resolve_hyperparameters
 from dfcil_core.learners.api import Context, Task
 from dfcil_core.models.resnet import build_model
@@ -21,12 +23,6 @@ from dfcil_core.trainer import seed_everything, train_task
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.json"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve(settings: dict) -> tuple[dict, dict, dict]:
@@ -78,11 +74,11 @@ def git_commit() -> str:
 
 
 def build(settings: dict, seed: int, device: str = "auto", data_file: Path | None = None,
-          data_root: str = "data"):
+          data_root: str = "data", jobs_per_gpu: int = 1):
     """Resolve a run's settings, load its data onto the device and construct its learner (task 0 weights).
     The data comes from a prepared array file (`dfcil prepare-data`) or, without one, its loader."""
     settings, hp, train = resolve(settings)
-    dev = pick_device(device)
+    dev = pick_device(device, jobs_per_gpu)
     data = TrainData({**settings["dataset"], "root": data_root}, seed,
                      settings["first_split"], settings["other_split"], dev, settings.get("max_tasks"),
                      settings.get("augment", True), settings.get("crop_padding", 4),
@@ -96,9 +92,12 @@ def build(settings: dict, seed: int, device: str = "auto", data_file: Path | Non
 
 def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
                parent_dir: Path | None, data_file: Path | None = None, device: str = "auto",
-               log=print) -> dict:
-    """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir."""
-    settings, train, data, learner = build(settings, seed, device, data_file)
+               checkpoint_minutes: float = 10.0, jobs_per_gpu: int = 1, log=print) -> dict:
+    """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir.
+
+    Progress is checkpointed to `<out_dir>.checkpoint/` every `checkpoint_minutes`; a job started again
+    after a kill resumes from there (when the fingerprint matches) and ends with the same result."""
+    settings, train, data, learner = build(settings, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
     method, dev = settings["method"], data.device
     if not 0 <= task_index < data.n_tasks:
         raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
@@ -112,7 +111,10 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     log(f"{experiment}/{method}/seed{seed}/task{task_index}: {len(data.task_classes(task_index))} new classes, "
         f"{task.n_seen_classes} seen, device {dev}, fingerprint {chain[-1]}")
     wall = time.perf_counter()
-    metrics = train_task(learner, task, data, train, seed, log=log)
+    checkpointer = Checkpointer(out_dir.with_name(out_dir.name + ".checkpoint"), chain[-1], learner,
+                                60 * checkpoint_minutes, log)
+    with checkpointing(checkpointer):
+        metrics = train_task(learner, task, data, train, seed, log=log)
     wall = time.perf_counter() - wall
     peak_mb = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
@@ -128,6 +130,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
         "parent_fingerprint": chain[-2] if task_index else None,
         **metrics,
         "wall_seconds": wall, "peak_memory_mb": peak_mb,
+        "stored_memory": learner.stored_memory(),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "class_order": data.class_order,
         "settings": settings,
@@ -135,6 +138,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
         "git_commit": git_commit(),
     }
     atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
+    checkpointer.remove()
     log(f"accuracy per seen task {['%.1f' % a for a in metrics['accuracy_per_task']]}, "
         f"seen classes {metrics['accuracy_seen']:.2f}%, {wall:.1f}s")
     return record

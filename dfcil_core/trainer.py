@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dfcil_core import checkpoint
 from dfcil_core.learners.api import Batch, Learner, Task
 
 LossFn = Callable[[Batch | None], dict[str, Tensor]]
@@ -74,7 +75,12 @@ def run_stage(stage: Stage, data) -> dict:
     """Optimise `stage.loss` over `stage.params`; returns step/sample counts and the last mean losses.
 
     The step has a fixed batch shape and makes no host syncs: loss values are accumulated on the
-    device and read once per logged epoch."""
+    device and read once per logged epoch. Inside a checkpointed job (`checkpoint.checkpointing`),
+    progress is saved at epoch boundaries and a restarted job continues where it stopped."""
+    ckpt = checkpoint.active()
+    ordinal = ckpt.claim_ordinal() if ckpt else None
+    if ckpt and (done := ckpt.completed(ordinal)) is not None:
+        return done["result"]
     opt = stage.opt or make_optimizer(stage)
     device = data.device
     n = 0 if stage.indices is None else len(stage.indices)
@@ -83,8 +89,10 @@ def run_stage(stage: Stage, data) -> dict:
         raise ValueError(f"stage {stage.name!r}: {n} samples is fewer than one batch of {stage.batch_size}")
     sums: dict[str, Tensor] = {}
     last: dict[str, float] = {}
-    samples = 0
-    for epoch in range(stage.epochs):
+    samples, first_epoch = 0, 0
+    if ckpt and (resumed := ckpt.progress(ordinal, opt)) is not None:
+        first_epoch, samples, last = resumed["epoch"], resumed["samples"], resumed["last"]
+    for epoch in range(first_epoch, stage.epochs):
         for group in opt.param_groups:
             group["lr"] = stage.lr * lr_factor(epoch, stage.lr_milestones)
         order = None if stage.indices is None else stage.indices[torch.randperm(n, device=device)]
@@ -103,28 +111,39 @@ def run_stage(stage: Stage, data) -> dict:
         samples += steps * (stage.batch_size if order is not None else 1)
         logged = stage.log_every_epochs and (epoch + 1) % stage.log_every_epochs == 0
         if logged or epoch == stage.epochs - 1:
-            last = {k: float(v) / steps for k, v in sums.items()}
+            last = {k: float(v) / steps for k, v in sums.items()}  # this epoch's mean of each term
             if not all(math.isfinite(v) for v in last.values()):
                 raise FloatingPointError(f"stage {stage.name!r} epoch {epoch}: non-finite loss {last}")
             stage.log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} "
                       + " ".join(f"{k}={v:.4f}" for k, v in last.items()))
         sums = {}
-    return {"steps": steps * stage.epochs, "samples": samples, "losses": last}
+        if ckpt and epoch + 1 < stage.epochs and ckpt.due():
+            ckpt.save_progress(ordinal, opt, epoch + 1, {"samples": samples, "last": last})
+    result = {"steps": steps * stage.epochs, "samples": samples, "losses": last}
+    if ckpt:
+        ckpt.save_completed(ordinal, result)
+    return result
 
 
 @torch.no_grad()
 def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> tuple[list[float], list[int]]:
     """Top-1 accuracy (%) on each seen task's test set, argmax over all seen classes (§7.1),
-    and the size of each test set."""
+    and the size of each test set. A dataset's `top_k` (ImageNet: 5) counts a hit among the k largest."""
     learner.model.eval()
+    top_k = getattr(data, "top_k", 1)
     accuracies, sizes = [], []
     for j in range(task.index + 1):
         x_all, y_all = data.test_task(j)
         correct = torch.zeros((), device=data.device)
         for start in range(0, len(y_all), batch_size):
             x = data.normalize(x_all[start:start + batch_size], learner.normalize_inputs)
-            pred = learner.logits(x).argmax(dim=1)
-            correct += (pred == y_all[start:start + batch_size]).sum()
+            y = y_all[start:start + batch_size]
+            logits = learner.logits(x)
+            if top_k == 1:
+                correct += (logits.argmax(dim=1) == y).sum()
+            else:
+                top = logits.topk(min(top_k, logits.shape[1]), dim=1).indices
+                correct += (top == y[:, None]).any(dim=1).sum()
         accuracies.append(100.0 * float(correct) / len(y_all))
         sizes.append(len(y_all))
     return accuracies, sizes

@@ -1,0 +1,137 @@
+"""Resuming a training job inside a task.
+
+A task is a fixed sequence of stages (`trainer.run_stage` calls: the main stage, then whatever the
+learner's `end_task` runs: E2E's balanced fine-tuning, BiC's bias correction, generator inversion).
+While a job runs, each stage leaves
+- a progress checkpoint every `every_seconds`, at an epoch boundary: the whole learner state, the
+  stage's optimizer, every RNG state, the epoch reached and the running loss sums;
+- a completion snapshot when it ends: the learner state and RNG states right after it.
+
+Started again, the job replays the task from its beginning: a completed stage is skipped by loading
+its snapshot, the interrupted stage continues from its last checkpoint, and the code between stages
+runs again on exactly the state and random streams it saw the first time. The result equals an
+uninterrupted run bit for bit on the CPU. Checkpoints carry the task's fingerprint: one made with
+other settings is ignored (and replaced), never resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_active: contextvars.ContextVar["Checkpointer | None"] = contextvars.ContextVar("checkpointer", default=None)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.as_tensor(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a checkpoint killed while being written is never seen
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, fingerprint: str, learner, every_seconds: float, log=print):
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.learner = learner
+        self.every_seconds = every_seconds
+        self.log = log
+        self.next_ordinal = 0
+        self._last_save = time.monotonic()
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _load(self, path: Path) -> dict | None:
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location=self.learner.ctx.device, weights_only=True)
+        except Exception as e:  # a damaged checkpoint only costs the progress it held
+            self.log(f"ignoring unreadable checkpoint {path}: {e}")
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            self.log(f"ignoring checkpoint {path}: it belongs to other settings")
+            return None
+        return state
+
+    def claim_ordinal(self) -> int:
+        ordinal = self.next_ordinal
+        self.next_ordinal += 1
+        return ordinal
+
+    def completed(self, ordinal: int) -> dict | None:
+        """If stage `ordinal` finished in an earlier attempt: restore the state right after it."""
+        state = self._load(self.directory / f"stage{ordinal}.done.pt")
+        if state is not None:
+            self.learner.load_state_dict(state["learner"])
+            set_rng_state(state["rng"])
+            self.log(f"stage {ordinal} was completed by an earlier attempt; restored its result")
+        return state
+
+    def progress(self, ordinal: int, optimizer: torch.optim.Optimizer) -> dict | None:
+        """If stage `ordinal` was interrupted: restore its last checkpoint; returns epoch and loss sums."""
+        state = self._load(self.directory / f"stage{ordinal}.pt")
+        if state is not None:
+            self.learner.load_state_dict(state["learner"])
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            self.log(f"resuming stage {ordinal} at epoch {state['epoch']}")
+        return state
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last_save >= self.every_seconds
+
+    def save_progress(self, ordinal: int, optimizer, epoch: int, counts: dict) -> None:
+        _save({"fingerprint": self.fingerprint, "learner": self.learner.state_dict(),
+               "optimizer": optimizer.state_dict(), "rng": rng_state(), "epoch": epoch, **counts},
+              self.directory / f"stage{ordinal}.pt")
+        self._last_save = time.monotonic()
+
+    def save_completed(self, ordinal: int, result: dict) -> None:
+        _save({"fingerprint": self.fingerprint, "learner": self.learner.state_dict(), "rng": rng_state(),
+               "result": result}, self.directory / f"stage{ordinal}.done.pt")
+        (self.directory / f"stage{ordinal}.pt").unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def active() -> Checkpointer | None:
+    return _active.get()
+
+
+@contextlib.contextmanager
+def checkpointing(checkpointer: Checkpointer | None):
+    token = _active.set(checkpointer)
+    try:
+        yield checkpointer
+    finally:
+        _active.reset(token)
