@@ -12,7 +12,16 @@ import random
 from pathlib import Path
 
 # Dataset facts the DAG needs before any file is read: class count and the tasks they split into.
-N_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist5k": 10}
+# ImageNet-50 keeps the reference's 1000-way head (§8.3), but its prepared file holds only the 50 classes
+# that lead the numpy seed-1993 order (IMAGENET50_CLASSES).
+N_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist5k": 10, "tinyimagenet": 200, "imagenet50": 1000}
+IMAGENET50_CLASSES = 50
+
+# How the seed becomes a class order (dataset setting `class_order`, §1.2):
+#   python_random  random.seed(seed); random.shuffle(range(K)): a different order per seed (CIFAR, Tiny-ImageNet)
+#   numpy1993      numpy.random.seed(1993); numpy.random.shuffle(range(K)): one order for every seed (ImageNet)
+CLASS_ORDERS = ("python_random", "numpy1993")
+DEFAULT_CLASS_ORDER = {"imagenet50": "numpy1993"}
 
 
 class ConfigError(ValueError):
@@ -66,14 +75,38 @@ def task_sizes(n_classes: int, first_split: int, other_split: int, max_tasks: in
 
 
 def n_tasks(exp: dict) -> int:
-    return len(task_sizes(n_classes(exp["dataset"]), exp["first_split"], exp["other_split"], exp.get("max_tasks")))
+    sizes = task_sizes(n_classes(exp["dataset"]), exp["first_split"], exp["other_split"], exp.get("max_tasks"))
+    if exp["dataset"]["name"] == "imagenet50":
+        if class_order_family(exp["dataset"]) != "numpy1993":
+            raise ConfigError("imagenet50 holds the first 50 classes of the numpy1993 order; "
+                              "its class_order must be numpy1993")
+        if sum(sizes) > IMAGENET50_CLASSES:
+            raise ConfigError(f"imagenet50 holds {IMAGENET50_CLASSES} classes but the tasks cover {sum(sizes)}; "
+                              "set max_tasks (5 tasks of 10 in the reference)")
+    return len(sizes)
 
 
-def class_order(n_classes: int, seed: int) -> list[int]:
-    """The reference's `--rand_split` order: Python's `random`, seeded with the repeat index (§1.2)."""
+def class_order_family(dataset: dict) -> str:
+    family = dataset.get("class_order") or DEFAULT_CLASS_ORDER.get(dataset["name"], "python_random")
+    if family not in CLASS_ORDERS:
+        raise ConfigError(f"unknown class_order {family!r}; expected one of {list(CLASS_ORDERS)}")
+    return family
+
+
+def class_order(n_classes: int, seed: int, family: str = "python_random") -> list[int]:
+    """The reference's `--rand_split` order (§1.2): Python's `random` seeded with the repeat index, or for
+    ImageNet NumPy's legacy RNG seeded with 1993 whatever the seed (a private RandomState draws the same
+    permutation as the reference's `np.random.seed(1993); np.random.shuffle(order)`, without reseeding
+    NumPy's global RNG)."""
     order = list(range(n_classes))
-    random.seed(seed)
-    random.shuffle(order)
+    if family == "python_random":
+        random.seed(seed)
+        random.shuffle(order)
+    elif family == "numpy1993":
+        import numpy as np
+        np.random.RandomState(1993).shuffle(order)
+    else:
+        raise ConfigError(f"unknown class_order {family!r}; expected one of {list(CLASS_ORDERS)}")
     return order
 
 
@@ -88,6 +121,18 @@ def check_dataset_available(dataset: dict) -> None:
         if missing:
             raise ConfigError(f"{name} files not found under {root} (missing {missing}) and download is off; "
                               "set dataset.download: true or point dataset.root at the extracted archive")
+    if name == "tinyimagenet":
+        root = Path(dataset.get("root", "data")).expanduser() / "tiny-imagenet-200"
+        missing = [p for p in ("train", "val/images", "val/val_annotations.txt") if not (root / p).exists()]
+        if missing:
+            raise ConfigError(f"tinyimagenet files not found under {root} (missing {missing}); point dataset.root "
+                              "at the folder holding the extracted tiny-imagenet-200/")
+    if name == "imagenet50":
+        root = Path(dataset.get("root", "data")).expanduser()
+        missing = [p for p in ("train", "val") if not (root / p).is_dir()]
+        if missing:
+            raise ConfigError(f"imagenet50 folders not found under {root} (missing {missing}); point dataset.root "
+                              "at the folder holding train/<wnid>/ and val/<wnid>/ (val sorted into class folders)")
     if name == "npz" and not Path(dataset.get("path", "")).expanduser().is_file():
         raise ConfigError(f"npz dataset file not found: {dataset.get('path')!r}")
 
@@ -121,7 +166,25 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def fingerprint(settings: dict, seed: int, task: int, parent: str | None) -> str:
-    """Hash of everything that determined a task's state: its settings, seed, index and its parent's hash."""
-    payload = canonical_json({"settings": settings, "seed": seed, "task": task, "parent": parent})
+def fingerprint(settings: dict, seed: int, task: int, parent: str | None, identity: dict | None = None) -> str:
+    """Hash of everything that determined a task's state: its settings, seed, index, its parent's hash
+    and `identity` (the dataset file's hash and the code version)."""
+    payload = canonical_json({"settings": settings, "seed": seed, "task": task, "parent": parent,
+                              "identity": identity})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def flatten(obj, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, e.g. ['settings.train.lr']."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from dfcil_core.config import ConfigError, StateError, deep_merge, fingerprint
+from dfcil_core import __version__
+from dfcil_core.config import ConfigError, StateError, deep_merge, differences, fingerprint
 from dfcil_core.checkpoint import Checkpointer, checkpointing
 from dfcil_core.data import TrainData, load_prepared
 from dfcil_core.devices import pick_device
@@ -32,13 +34,21 @@ def resolve(settings: dict) -> tuple[dict, dict, dict]:
     return {**settings, "method_settings": hp}, hp, train
 
 
-def fingerprints(settings: dict, seed: int, n: int) -> list[str]:
+def fingerprints(settings: dict, seed: int, n: int, identity: dict) -> list[str]:
     """Fingerprints of tasks 0..n-1 of one run; each chains its parent's."""
     chain, parent = [], None
     for t in range(n):
-        parent = fingerprint(settings, seed, t, parent)
+        parent = fingerprint(settings, seed, t, parent, identity)
         chain.append(parent)
     return chain
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def atomic_write(path: Path, write) -> None:
@@ -48,7 +58,9 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def load_state(parent_dir: Path, expected_fp: str, method: str, device: torch.device) -> dict:
+def load_state(parent_dir: Path, expected_fp: str, provenance: dict, device: torch.device) -> dict:
+    """The parent task's state, refused with a message naming the difference if it was produced by
+    other settings, another method, other data or other code."""
     path = parent_dir / STATE_FILE
     try:
         state = torch.load(path, map_location=device, weights_only=True)
@@ -56,11 +68,13 @@ def load_state(parent_dir: Path, expected_fp: str, method: str, device: torch.de
         raise StateError(f"parent state {path} does not exist") from None
     except Exception as e:  # a truncated or corrupted file fails to unpickle/unzip
         raise StateError(f"parent state {path} is unreadable (truncated or corrupted?): {e}") from None
+    method = provenance["settings"]["method"]
     if state.get("method") != method:
         raise StateError(f"parent state {path} belongs to method {state.get('method')!r}, not {method!r}")
     if state.get("fingerprint") != expected_fp:
+        changed = differences(state.get("provenance", {}), provenance) or ["(unrecorded)"]
         raise StateError(f"parent state {path} has fingerprint {state.get('fingerprint')} but this job expects "
-                         f"{expected_fp}: it was produced with other settings; rerun its task first")
+                         f"{expected_fp}: it differs in {', '.join(changed)}; rerun its task first")
     return state
 
 
@@ -101,11 +115,13 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     method, dev = settings["method"], data.device
     if not 0 <= task_index < data.n_tasks:
         raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
-    chain = fingerprints(settings, seed, task_index + 1)
+    identity = {"data": file_digest(data_file) if data_file else None, "code": __version__}
+    chain = fingerprints(settings, seed, task_index + 1, identity)
     if task_index > 0:
         if parent_dir is None:
             raise StateError(f"task {task_index} needs the state of task {task_index - 1}")
-        learner.load_state_dict(load_state(parent_dir, chain[task_index - 1], method, dev)["learner"])
+        parent_provenance = {"settings": settings, "seed": seed, "task": task_index - 1, "identity": identity}
+        learner.load_state_dict(load_state(parent_dir, chain[task_index - 1], parent_provenance, dev)["learner"])
     task = Task(task_index, data.n_tasks, data.bounds[task_index], data.bounds[task_index + 1])
 
     log(f"{experiment}/{method}/seed{seed}/task{task_index}: {len(data.task_classes(task_index))} new classes, "
@@ -122,6 +138,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / STATE_FILE, lambda p: torch.save(
         {"fingerprint": chain[-1], "method": method, "seed": seed, "task": task_index,
+         "provenance": {"settings": settings, "seed": seed, "task": task_index, "identity": identity},
          "learner": learner.state_dict()}, p))
     learner.artifacts(out_dir)
     record = {

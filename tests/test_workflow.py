@@ -167,7 +167,7 @@ def test_parent_state_with_another_fingerprint_is_refused(tmp_path):
     settings = tiny_settings("base")
     train_node(settings, "tiny", 0, 0, tmp_path / "task0", None, device="cpu", log=lambda m: None)
     changed = {**settings, "train": {**settings["train"], "lr": 0.01}}
-    with pytest.raises(StateError, match="fingerprint"):
+    with pytest.raises(StateError, match="differs in settings.train.lr"):
         train_node(changed, "tiny", 0, 1, tmp_path / "task1", tmp_path / "task0", device="cpu", log=lambda m: None)
     other_method = tiny_settings("naive_rehearsal", memory_size=40)
     with pytest.raises(StateError, match="belongs to method 'base'"):
