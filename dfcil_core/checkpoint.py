@@ -66,6 +66,7 @@ class Checkpointer:
         self.every_seconds = every_seconds
         self.log = log
         self.next_ordinal = 0
+        self.shared: dict[int, tuple[Path, str]] = {}
         self._last_save = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -87,8 +88,28 @@ class Checkpointer:
         self.next_ordinal += 1
         return ordinal
 
+    def use_shared(self, ordinal: int, snapshot: Path, fingerprint: str) -> None:
+        """Stage `ordinal` was computed by a shared node: take its model and random streams from
+        `snapshot` (which must carry `fingerprint`) instead of training it again."""
+        self.shared[ordinal] = (snapshot, fingerprint)
+
+    def _restore_shared(self, ordinal: int) -> dict:
+        path, expected = self.shared[ordinal]
+        state = torch.load(path, map_location=self.learner.ctx.device, weights_only=True)
+        if state.get("fingerprint") != expected:
+            from dfcil_core.config import StateError
+            raise StateError(f"shared stage {path} has fingerprint {state.get('fingerprint')}, "
+                             f"this job expects {expected}: it was computed with other settings")
+        self.learner.model.load_state_dict(state["learner"]["model"])
+        set_rng_state(state["rng"])
+        self.log(f"stage {ordinal} restored from the shared node {path}")
+        return state
+
     def completed(self, ordinal: int) -> dict | None:
-        """If stage `ordinal` finished in an earlier attempt: restore the state right after it."""
+        """If stage `ordinal` finished in an earlier attempt or in a shared node: restore the state
+        right after it."""
+        if ordinal in self.shared:
+            return self._restore_shared(ordinal)
         state = self._load(self.directory / f"stage{ordinal}.done.pt")
         if state is not None:
             self.learner.load_state_dict(state["learner"])

@@ -27,7 +27,15 @@ def cmd_train_task(a) -> None:
         torch.set_num_threads(a.threads)
     train_node(json.loads(a.settings), a.experiment, a.seed, a.task, Path(a.out),
                Path(a.parent) if a.parent else None, Path(a.data), a.device, a.checkpoint_minutes,
-               a.jobs_per_gpu, log=_log_to(a.log))
+               a.jobs_per_gpu, Path(a.shared_stage) if a.shared_stage else None, log=_log_to(a.log))
+
+
+def cmd_train_shared(a) -> None:
+    import torch
+    from dfcil_core.run import train_shared_stage
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    train_shared_stage(json.loads(a.recipe), a.seed, Path(a.out), Path(a.data), a.device, a.jobs_per_gpu)
 
 
 def cmd_prepare_data(a) -> None:
@@ -68,8 +76,19 @@ def main(argv: list[str] | None = None) -> None:
                    help="save resumable progress this often (at epoch boundaries; 0: every epoch)")
     p.add_argument("--jobs-per-gpu", type=int, default=1,
                    help="with several visible GPUs, how many jobs share one (each claims a slot)")
+    p.add_argument("--shared-stage", help="stage0.done.pt of the shared node computing this task's main stage")
     p.add_argument("--log", help="append progress lines to this file too")
     p.set_defaults(func=cmd_train_task)
+
+    p = sub.add_parser("train-shared", help="compute a main stage shared by several methods or splits")
+    p.add_argument("--recipe", required=True, help="JSON from run.shared_recipe")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="directory for stage0.done.pt")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--jobs-per-gpu", type=int, default=1)
+    p.set_defaults(func=cmd_train_shared)
 
     p = sub.add_parser("prepare-data", help="read a dataset once into a compact array file")
     p.add_argument("--dataset", required=True, help="JSON of the dataset settings (name, root, download, ...)")

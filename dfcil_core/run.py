@@ -104,9 +104,36 @@ def build(settings: dict, seed: int, device: str = "auto", data_file: Path | Non
     return settings, train, data, learner_class(settings["method"])(hp, ctx)
 
 
+def shared_recipe(settings: dict, task: Task) -> dict | None:
+    """Settings of the shared node that computes this task's main stage, or None if it is the method's
+    own. They hold only what that stage depends on, so every method and split that qualifies (e.g. the
+    first task of Base, LwF, E2E, ...; UB at any task) maps to the same node."""
+    settings, hp, train = resolve(settings)
+    learner_id = learner_class(settings["method"]).shared_main_stage(task)
+    if learner_id is None:
+        return None
+    return {"dataset": settings["dataset"], "model": settings["model"], "train": train,
+            "augment": settings.get("augment", True), "crop_padding": settings.get("crop_padding", 4),
+            "first_split": task.n_seen_classes, "other_split": 1, "max_tasks": 1,
+            "method": learner_id, "method_settings": {}}
+
+
+def train_shared_stage(recipe: dict, seed: int, out_dir: Path, data_file: Path, device: str = "auto",
+                       jobs_per_gpu: int = 1, log=print) -> None:
+    """Compute a shared main stage once: `out_dir/stage0.done.pt` holds the model and random streams
+    right after it, which the consuming task jobs restore instead of training."""
+    recipe, train, data, learner = build(recipe, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
+    identity = {"data": file_digest(data_file), "code": __version__}
+    task = Task(0, 1, 0, recipe["first_split"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with checkpointing(Checkpointer(out_dir, fingerprint(recipe, seed, 0, None, identity), learner, 600, log)):
+        train_task(learner, task, data, train, seed, log=log)
+
+
 def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
                parent_dir: Path | None, data_file: Path | None = None, device: str = "auto",
-               checkpoint_minutes: float = 10.0, jobs_per_gpu: int = 1, log=print) -> dict:
+               checkpoint_minutes: float = 10.0, jobs_per_gpu: int = 1, shared_stage: Path | None = None,
+               log=print) -> dict:
     """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir.
 
     Progress is checkpointed to `<out_dir>.checkpoint/` every `checkpoint_minutes`; a job started again
@@ -129,6 +156,12 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     wall = time.perf_counter()
     checkpointer = Checkpointer(out_dir.with_name(out_dir.name + ".checkpoint"), chain[-1], learner,
                                 60 * checkpoint_minutes, log)
+    if shared_stage is not None:
+        recipe = shared_recipe(settings, task)
+        if recipe is None:
+            raise ConfigError(f"method {method!r} computes task {task_index}'s main stage itself; "
+                              "it cannot take a shared stage")
+        checkpointer.use_shared(0, shared_stage, fingerprint(recipe, seed, 0, None, identity))
     with checkpointing(checkpointer):
         metrics = train_task(learner, task, data, train, seed, log=log)
     wall = time.perf_counter() - wall

@@ -89,9 +89,11 @@ def run_stage(stage: Stage, data) -> dict:
         raise ValueError(f"stage {stage.name!r}: {n} samples is fewer than one batch of {stage.batch_size}")
     sums: dict[str, Tensor] = {}
     last: dict[str, float] = {}
-    samples, first_epoch = 0, 0
+    samples, first_epoch, earlier_seconds = 0, 0, 0.0
     if ckpt and (resumed := ckpt.progress(ordinal, opt)) is not None:
         first_epoch, samples, last = resumed["epoch"], resumed["samples"], resumed["last"]
+        earlier_seconds = resumed["seconds"]
+    start = time.perf_counter()
     for epoch in range(first_epoch, stage.epochs):
         for group in opt.param_groups:
             group["lr"] = stage.lr * lr_factor(epoch, stage.lr_milestones)
@@ -118,8 +120,13 @@ def run_stage(stage: Stage, data) -> dict:
                       + " ".join(f"{k}={v:.4f}" for k, v in last.items()))
         sums = {}
         if ckpt and epoch + 1 < stage.epochs and ckpt.due():
-            ckpt.save_progress(ordinal, opt, epoch + 1, {"samples": samples, "last": last})
-    result = {"steps": steps * stage.epochs, "samples": samples, "losses": last}
+            ckpt.save_progress(ordinal, opt, epoch + 1, {"samples": samples, "last": last,
+                                                        "seconds": earlier_seconds + time.perf_counter() - start})
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    # `seconds` is the stage's compute time over every attempt (and wherever a shared stage ran).
+    result = {"steps": steps * stage.epochs, "samples": samples, "losses": last,
+              "seconds": earlier_seconds + time.perf_counter() - start}
     if ckpt:
         ckpt.save_completed(ordinal, result)
     return result
@@ -152,10 +159,9 @@ def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> tupl
 def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
                log: Callable[[str], None] = print) -> dict:
     """Train one task end to end and evaluate it. Returns the task's metrics (accuracy and timing)."""
-    seed_everything(seed * 100 + task.index)  # per-task reseed, as the reference (§3.1)
+    seed_everything(learner.stream_seed(task, seed))
     if data.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(data.device)
-    start = time.perf_counter()
     learner.log = log
     learner.begin_task(task)
     learner.model.train()
@@ -166,14 +172,13 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
         weight_decay=train["weight_decay"], batch_size=train["batch_size"],
         normalize=learner.normalize_inputs, log_every_epochs=train.get("log_every_epochs", 0), log=log)
     counts = run_stage(main, data)
-    if data.device.type == "cuda":
-        torch.cuda.synchronize(data.device)
-    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     learner.end_task(task)
     if data.device.type == "cuda":
         torch.cuda.synchronize(data.device)
-    end_task_seconds = time.perf_counter() - start - train_seconds
+    end_task_seconds = time.perf_counter() - start
     accuracy, sizes = evaluate(learner, task, data)
+    train_seconds = counts["seconds"]
     return {
         "accuracy_per_task": accuracy,
         "accuracy_seen": sum(a * n for a, n in zip(accuracy, sizes)) / sum(sizes),

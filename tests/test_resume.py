@@ -5,7 +5,8 @@ import pytest
 
 from conftest import tiny_settings
 from dfcil_core.learners import LEARNERS
-from dfcil_core.run import train_in_process, train_node
+from dfcil_core.learners.api import Task
+from dfcil_core.run import shared_recipe, train_in_process, train_node, train_shared_stage
 
 # Memory-based methods get a memory that fits the tiny data set.
 SMALL = {"memory_size": 40}
@@ -28,3 +29,50 @@ def test_resumed_chain_equals_uninterrupted_run(method, tmp_path):
         parent = out
         assert record["accuracy_per_task"] == uninterrupted[t]["accuracy_per_task"], f"task {t}"
         assert record["final_losses"] == uninterrupted[t]["final_losses"], f"task {t}"
+
+
+@pytest.fixture(scope="module")
+def mnist_file(tmp_path_factory):
+    from dfcil_core.data import save_prepared
+    path = tmp_path_factory.mktemp("data") / "mnist5k.npz"
+    save_prepared({"name": "mnist5k"}, path)
+    return path
+
+
+SHARING = [m for m in sorted(LEARNERS) if any(LEARNERS[m].shared_main_stage(Task(t, 3, 2 * t, 2 * t + 2))
+                                               for t in range(3))]
+
+
+@pytest.mark.parametrize("method", SHARING)
+def test_a_shared_main_stage_changes_no_result(method, mnist_file, tmp_path):
+    settings = settings_for(method)
+    quiet = dict(device="cpu", log=lambda m: None)
+    parent_own = parent_shared = None
+    for t in range(3):
+        task = Task(t, 3, 2 * t, 2 * t + 2)
+        own = train_node(settings, "tiny", 1, t, tmp_path / f"own{t}", parent_own, mnist_file, **quiet)
+        parent_own = tmp_path / f"own{t}"
+        recipe = shared_recipe(settings, task)
+        shared_dir = None
+        if recipe is not None:
+            shared_dir = tmp_path / f"shared{t}"
+            train_shared_stage(recipe, 1, shared_dir, mnist_file, device="cpu", log=lambda m: None)
+        shared = train_node(settings, "tiny", 1, t, tmp_path / f"with{t}", parent_shared, mnist_file,
+                            shared_stage=shared_dir / "stage0.done.pt" if shared_dir else None, **quiet)
+        parent_shared = tmp_path / f"with{t}"
+        assert shared["accuracy_per_task"] == own["accuracy_per_task"], f"task {t}"
+        assert shared["fingerprint"] == own["fingerprint"]
+
+
+def test_upper_bound_nodes_are_shared_across_splits():
+    five = tiny_settings("upper_bound")
+    other = {**five, "first_split": 4, "other_split": 3}
+    assert shared_recipe(five, Task(1, 3, 2, 4)) == shared_recipe(other, Task(0, 3, 0, 4))
+    assert shared_recipe(five, Task(1, 3, 2, 4)) != shared_recipe(five, Task(2, 3, 4, 6))
+
+
+def test_methods_with_their_own_first_task_do_not_share():
+    first = Task(0, 3, 0, 2)
+    own = {m for m in LEARNERS if LEARNERS[m].shared_main_stage(first) is None}
+    # ABD (softmax over all K logits), LwF.MC (BCE) and DGR (unnormalised inputs) train task 0 their own way (§7.3).
+    assert {"abd", "lwf_mc", "dgr"} & set(LEARNERS) <= own

@@ -111,6 +111,14 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    # A changed setting is reported by a dry run: exactly the jobs it invalidates, nothing else.
+    changed = yaml.safe_load(config.read_text())
+    changed["defaults"]["method_settings"]["naive_rehearsal"]["memory_size"] = 60
+    changed_path = tmp_path / "changed.yaml"
+    changed_path.write_text(yaml.safe_dump(changed))
+    dry = job_counts(snakemake(tmp_path, "-n", configfile=changed_path).stdout)
+    assert dry["train_task"] == 2 and "train_shared_stage" not in dry  # naive_rehearsal's two tasks
+
     # A second import (forced) changes nothing in MLflow.
     forced = snakemake(tmp_path, "--forcerun", "import_mlflow", configfile=config)
     assert forced.returncode == 0, forced.stderr[-2000:]

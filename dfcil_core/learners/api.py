@@ -84,6 +84,18 @@ class Learner:
         self.model = ctx.make_model()
         self.task: Task | None = None
 
+    # ---- sharing computation across methods and experiments ----
+    @classmethod
+    def shared_main_stage(cls, task: Task) -> str | None:
+        """The id of the learner whose main stage this task's main stage is identical to (same data, loss,
+        parameters, initialisation and random streams), so that one DAG node computes it for every
+        method and split that qualifies; None when the stage is this method's own."""
+        return None
+
+    def stream_seed(self, task: Task, seed: int) -> int:
+        """Seed of the random streams of a task (the reference reseeds with seed * 100 + t, §3.1)."""
+        return seed * 100 + task.index
+
     # ---- hooks called by the trainer, in this order, once per task ----
     def begin_task(self, task: Task) -> None:
         """Called with the model as it stands after the previous task (loaded from its saved state or

@@ -11,6 +11,10 @@ class NaiveRehearsal(Learner):
         "replay_oversample": True,  # reference: |D_t| draws with replacement, re-selected from them (quirk 8)
     }
 
+    @classmethod
+    def shared_main_stage(cls, task: Task) -> str | None:
+        return "base" if task.index == 0 else None  # nothing stored yet: plain fine-tuning
+
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
         self.memory = RandomMemory(hp["memory_size"], hp["replay_oversample"], ctx.seed)

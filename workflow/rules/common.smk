@@ -1,9 +1,12 @@
+import hashlib
 import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from dfcil_core import config as dfcil_config
+from dfcil_core.learners.api import Task
+from dfcil_core.run import shared_recipe
 
 RESULTS = "results"
 EXPERIMENTS = dfcil_config.experiments(config)
@@ -16,7 +19,8 @@ for _name, _exp in EXPERIMENTS.items():
         dfcil_config.check_dataset_available(_exp["dataset"])
     except dfcil_config.ConfigError as e:
         raise WorkflowError(f"experiment {_name!r}: {e}")
-    _source = {k: v for k, v in _exp["dataset"].items() if k != "resolution"}
+    # Settings applied after loading (resize, class order, top-k) do not change the prepared file.
+    _source = {k: v for k, v in _exp["dataset"].items() if k not in ("resolution", "class_order", "top_k")}
     _id = dfcil_config.dataset_id(_source)
     if DATASETS.setdefault(_id, _source) != _source:
         raise WorkflowError(
@@ -30,6 +34,8 @@ wildcard_constraints:
     method=r"[a-z0-9_]+",
     seed=r"\d+",
     dataset=r"[A-Za-z0-9_.-]+",
+    learner=r"[a-z0-9_]+",
+    key=r"[0-9a-f]+",
     task=r"\d+",
 
 
@@ -53,6 +59,38 @@ def prepared_data(wildcards):
 def train_settings(wildcards):
     exp = EXPERIMENTS[wildcards.experiment]
     return json.dumps(dfcil_config.run_settings(exp, wildcards.method), sort_keys=True)
+
+
+def task_of(experiment, t):
+    exp = EXPERIMENTS[experiment]
+    sizes = dfcil_config.task_sizes(
+        dfcil_config.n_classes(exp["dataset"]), exp["first_split"], exp["other_split"], exp.get("max_tasks")
+    )
+    return Task(t, len(sizes), sum(sizes[:t]), sum(sizes[: t + 1]))
+
+
+# Main stages that several methods or splits compute identically run once, in a shared node
+# (the first task of the plain-CE methods; UB, which depends only on the classes seen so far).
+SHARED = {}  # recipe key -> recipe settings
+SHARED_NODE = {}  # (experiment, method, task) -> recipe key
+for _name, _exp in EXPERIMENTS.items():
+    for _method in _exp["methods"]:
+        _settings = dfcil_config.run_settings(_exp, _method)
+        for _t in range(N_TASKS[_name]):
+            _recipe = shared_recipe(_settings, task_of(_name, _t))
+            if _recipe is not None:
+                _key = hashlib.sha256(dfcil_config.canonical_json(_recipe).encode()).hexdigest()[:12]
+                SHARED[_key] = _recipe
+                SHARED_NODE[(_name, _method, _t)] = f"{_recipe['method']}-{_key}"
+
+
+def shared_stage(wildcards):
+    node = SHARED_NODE.get((wildcards.experiment, wildcards.method, int(wildcards.task)))
+    return f"{RESULTS}/shared/{node}/seed{wildcards.seed}/stage0.done.pt" if node else []
+
+
+def shared_arg(wildcards, input):
+    return f"--shared-stage {input.shared}" if input.shared else ""
 
 
 def parent_arg(wildcards, input):
@@ -83,4 +121,4 @@ def final_outputs():
         for name in EXPERIMENTS
         for f in ("final_accuracy.md", "accuracy_curve.png")
     ]
-    return tables + [f"{RESULTS}/mlflow/imported.json"]
+    return tables + paper_outputs() + [f"{RESULTS}/mlflow/imported.json"]  # paper_outputs: paper.smk

@@ -2,12 +2,14 @@ rule train_task:
     input:
         data=prepared_data,
         parent=parent_state,
+        shared=shared_stage,
     output:
         state=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/state.pt",
         metrics=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/metrics.json",
     params:
         settings=train_settings,
         parent=parent_arg,
+        shared=shared_arg,
         out=lambda wildcards, output: Path(output.state).parent,
     log:
         f"{RESULTS}/logs/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}.log",
@@ -19,8 +21,28 @@ rule train_task:
     shell:
         "dfcil train-task --settings {params.settings:q} --data {input.data}"
         " --experiment {wildcards.experiment} --seed {wildcards.seed} --task {wildcards.task}"
-        " --out {params.out} {params.parent} --threads {threads}"
+        " --out {params.out} {params.parent} {params.shared} --threads {threads}"
         # Read from config in the command, not params: they change how a job runs, not its result,
         # so changing them must not retrigger finished jobs.
         " --device {config[device]} --checkpoint-minutes {config[checkpoint_minutes]}"
+        " --jobs-per-gpu {config[jobs_per_gpu]} > {log} 2>&1"
+
+
+rule train_shared_stage:
+    input:
+        data=lambda wildcards: f"{RESULTS}/data/{dfcil_config.dataset_id(SHARED[wildcards.key]['dataset'])}.npz",
+    output:
+        f"{RESULTS}/shared/{{learner}}-{{key}}/seed{{seed}}/stage0.done.pt",
+    params:
+        recipe=lambda wildcards: json.dumps(SHARED[wildcards.key], sort_keys=True),
+    log:
+        f"{RESULTS}/logs/shared/{{learner}}-{{key}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=config["resources"]["train_task"]["gpus"],
+        runtime=config["resources"]["train_task"]["runtime"],
+        mem_mb=config["resources"]["train_task"]["mem_mb"],
+    shell:
+        "dfcil train-shared --recipe {params.recipe:q} --seed {wildcards.seed} --data {input.data}"
+        " --out $(dirname {output}) --threads {threads} --device {config[device]}"
         " --jobs-per-gpu {config[jobs_per_gpu]} > {log} 2>&1"
