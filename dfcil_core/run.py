@@ -183,6 +183,9 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
         "stored_memory": learner.stored_memory(),
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
         "class_order": data.class_order,
+        # Three separate random streams: the class order (random.seed(seed)), the initial weights
+        # (seeded with `seed` before the learner is built) and this task's data order / augmentation.
+        "seeds": {"class_order": seed, "init": seed, "task_stream": learner.stream_seed(task, seed)},
         "settings": settings,
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "git_commit": git_commit(),
