@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Iterable
 
-from dfcil_core.config import ConfigError
+from dfcil_core.config import ConfigError, flatten
 
 # Written by dfcil_core.run, not imported from there because that module imports torch.
 METRICS_FILE = "metrics.json"
@@ -71,18 +71,6 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     if not values:
         raise ValueError("mean_std needs at least one value")
     return fmean(values), pstdev(values)
-
-
-def flatten(settings: dict, prefix: str = "") -> dict[str, object]:
-    """Nested settings as one level, keys joined with '.' (e.g. `train.lr`)."""
-    flat: dict[str, object] = {}
-    for key, value in settings.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 # --- one run ------------------------------------------------------------------------------------------
