@@ -55,9 +55,38 @@ def cmd_tables(a) -> None:
 
 def cmd_mlflow_import(a) -> None:
     from dfcil_core.mlflow_import import import_results
-    import_results([Path(p) for p in a.summaries], a.tracking_uri, Path(a.marker))
+    import_results([Path(p) for p in a.summaries], a.tracking_uri, Path(a.marker),
+                   paper_figures=[Path(p) for p in a.paper_figures])
 
 
+def cmd_paper_tables(a) -> None:
+    from dfcil_core.paper import paper_tables
+    paper_tables([Path(p) for p in a.summaries], a.dataset, a.tasks, a.methods, Path(a.out_dir))
+
+
+def cmd_paper_plot(a) -> None:
+    from dfcil_core import paper
+    summaries = [Path(p) for p in a.summaries]
+    if a.kind == "curves":
+        paper.plot_curves(summaries, a.dataset, a.tasks, a.methods, Path(a.out))
+    elif a.kind == "matrix":
+        if len(a.methods) != 1:
+            raise SystemExit("dfcil paper-plot matrix: give exactly one --methods")
+        paper.plot_matrix(summaries, a.dataset, a.tasks, a.methods[0], Path(a.out))
+    else:
+        if len(a.tasks) != 1:
+            raise SystemExit("dfcil paper-plot samples: give exactly one --tasks")
+        paper.plot_samples(summaries, a.dataset, a.tasks[0], Path(a.out))
+
+
+
+def cmd_bench(a) -> None:
+    import torch
+    from dfcil_core.bench import run_benchmark
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    run_benchmark(a.device, a.quick, a.batch_size, a.warmup, a.iters, a.repeats, a.workloads,
+                  Path(a.out) if a.out else None)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dfcil", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +140,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("summaries", nargs="+")
     p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db")
     p.add_argument("--marker", required=True, help="JSON file listing the imported run ids")
+    p.add_argument("--paper-figures", nargs="*", default=[],
+                   help="results/paper/<dataset>/*.png to log on the matching parent runs")
     p.set_defaults(func=cmd_mlflow_import)
+
+    p = sub.add_parser("paper-tables", help="the paper's two tables (+ extra columns) for one dataset, with "
+                                            "the published numbers; missing summaries read '-'")
+    p.add_argument("summaries", nargs="*", help="summary.json files (missing ones are cells not computed yet)")
+    p.add_argument("--dataset", required=True, help="dataset id, e.g. cifar100")
+    p.add_argument("--tasks", type=int, nargs="*", default=[], help="task counts to show as columns")
+    p.add_argument("--methods", nargs="*", default=[], help="configured methods, in display order")
+    p.add_argument("--out-dir", required=True, help="writes {no_coreset,coreset,extras}.{md,tex,csv,html} here")
+    p.set_defaults(func=cmd_paper_tables)
+
+    p = sub.add_parser("paper-plot", help="a figure of the paper tables (PNG and SVG)")
+    p.add_argument("kind", choices=["curves", "matrix", "samples"])
+    p.add_argument("summaries", nargs="*")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--tasks", type=int, nargs="*", default=[])
+    p.add_argument("--methods", nargs="*", default=[])
+    p.add_argument("--out", required=True, help="the PNG; the SVG goes next to it")
+    p.set_defaults(func=cmd_paper_plot)
+
+    p = sub.add_parser("bench", help="images/s of the Base and ABD steps and ms per inversion iteration on "
+                                     "this machine, eager fp32 against the fast path (random CIFAR-100-layout data)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="few iterations (a CPU smoke run)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 10 on a GPU, 5 on the CPU, 2 quick)")
+    p.add_argument("--iters", type=int, help="timed steps per window (default 100 on a GPU, 10 on the CPU, 3 quick)")
+    p.add_argument("--repeats", type=int, help="timed windows, the median is reported (default 3, 1 quick)")
+    p.add_argument("--workloads", nargs="+", choices=["base", "abd", "inversion"],
+                   default=["base", "abd", "inversion"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--out", help="also write the results (machine, versions, command, numbers) as JSON here")
+    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     from dfcil_core.config import ConfigError

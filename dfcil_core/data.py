@@ -7,6 +7,7 @@ normalized on the device. There are no DataLoader workers.
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dfcil_core.config import ConfigError, class_order, task_sizes
+from dfcil_core.config import IMAGENET50_CLASSES, ConfigError, class_order, class_order_family, task_sizes
 from dfcil_core.learners.api import Batch
 
 
@@ -38,6 +39,9 @@ DATASETS = {
     "cifar10": DatasetInfo(10, 3, 32, (0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
     "cifar100": DatasetInfo(100, 3, 32, (0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
     "mnist5k": DatasetInfo(10, 1, 32, (0.1005,), (0.2757,)),
+    "tinyimagenet": DatasetInfo(200, 3, 64, (0.4389, 0.4114, 0.3682), (0.2402, 0.2350, 0.2268)),
+    # Size = the prepared resolution (`prepared_resolution`, default 224 as the reference's crops).
+    "imagenet50": DatasetInfo(1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 
@@ -53,6 +57,8 @@ def dataset_info(cfg: dict) -> DatasetInfo:
                            tuple(cfg.get("std", [0.25] * cfg["channels"])))
     elif name in DATASETS:
         info = DATASETS[name]
+        if name == "imagenet50" and cfg.get("prepared_resolution"):
+            info = DatasetInfo(info.n_classes, info.channels, cfg["prepared_resolution"], info.mean, info.std)
     else:
         raise DataError(f"unknown dataset {name!r}; expected one of {sorted([*DATASETS, 'npz'])}")
     if cfg.get("resolution"):
@@ -127,12 +133,122 @@ def _npz_arrays(cfg: dict):
     return out[0], out[1].astype(np.int64), out[2], out[3].astype(np.int64)
 
 
+# ---------------------------------------------------------------- JPEG folder trees (Tiny-ImageNet, ImageNet)
+
+def _decode(files: list[Path], size: int, resize_to: int | None = None) -> np.ndarray:
+    """JPEGs as uint8 (N, size, size, 3), decoded in threads into one preallocated array (ImageNet-50 at
+    224 px is ~10 GB, so no per-image list is stacked afterwards). Grayscale and CMYK files become RGB.
+    `resize_to`: resize the shorter side to it (bilinear), then center-crop `size`, as the reference's test
+    transform Resize(256) + CenterCrop(224); without it images must already be size x size (resized if not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
+
+    def load(i: int) -> None:
+        with Image.open(files[i]) as img:
+            img = img.convert("RGB")
+            if resize_to:
+                w, h = img.size
+                scale = resize_to / min(w, h)
+                img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+                w, h = img.size
+                left, top = (w - size) // 2, (h - size) // 2
+                img = img.crop((left, top, left + size, top + size))
+            elif img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            out[i] = np.asarray(img, dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(load, range(len(files))))
+    return out
+
+
+def _jpegs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg")) if folder.is_dir() else []
+
+
+def _tinyimagenet_arrays(cfg: dict):
+    """Tiny-ImageNet-200 from its archive layout under `root` (§1.1): class ids = positions of the wnid
+    folders of train/ in sorted order; train/<wnid>/images/*.JPEG; val/images/*.JPEG labelled by
+    val/val_annotations.txt (file, wnid, box). 64 x 64 RGB."""
+    base = Path(cfg.get("root", "data")).expanduser() / "tiny-imagenet-200"
+    train_dir, val_dir = base / "train", base / "val"
+    annotations = val_dir / "val_annotations.txt"
+    if not train_dir.is_dir() or not annotations.is_file():
+        raise DataError(f"Tiny-ImageNet not found: expected {train_dir}/<wnid>/images/*.JPEG and {annotations}; "
+                        "point dataset.root at the folder holding tiny-imagenet-200/")
+    wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if len(wnids) != DATASETS["tinyimagenet"].n_classes:
+        raise DataError(f"{train_dir} has {len(wnids)} class folders, expected {DATASETS['tinyimagenet'].n_classes}")
+    label = {wnid: i for i, wnid in enumerate(wnids)}
+    train_files, train_y = [], []
+    for wnid in wnids:
+        files = _jpegs(train_dir / wnid / "images")
+        if not files:
+            raise DataError(f"no JPEGs in {train_dir / wnid / 'images'}")
+        train_files += files
+        train_y += [label[wnid]] * len(files)
+    val_files, val_y = [], []
+    for line_no, line in enumerate(annotations.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in label:
+            raise DataError(f"{annotations}:{line_no}: expected '<file>\\t<wnid>\\t...' with a wnid of train/, "
+                            f"got {line!r}")
+        val_files.append(val_dir / "images" / fields[0])
+        val_y.append(label[fields[1]])
+    missing = [str(f) for f in val_files if not f.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} validation images listed in {annotations} are missing, e.g. {missing[0]}")
+    size = DATASETS["tinyimagenet"].size
+    return (_decode(train_files, size), np.asarray(train_y, dtype=np.int64),
+            _decode(val_files, size), np.asarray(val_y, dtype=np.int64))
+
+
+def _imagenet50_arrays(cfg: dict):
+    """ImageNet-50 (§1.1, §8.3) from `root`/{train,val}/<wnid>/*.JPEG (val already sorted into class folders).
+    Class ids are positions in the sorted list of the 1000 wnids of train/ (the reference used glob order,
+    quirk: sorted here, the same mapping for train and val). Only the 50 classes that lead the numpy
+    seed-1993 order are read; labels keep their 1000-class ids, so the 1000-way head and the order
+    remapping work as in the reference. Images: shorter side resized to prepared_resolution * 256/224, then
+    center-cropped to prepared_resolution (the reference's test transform at 224)."""
+    root = Path(cfg.get("root", "data")).expanduser()
+    train_dir, val_dir = root / "train", root / "val"
+    if not train_dir.is_dir() or not val_dir.is_dir():
+        raise DataError(f"ImageNet not found: expected {train_dir}/<wnid>/*.JPEG and {val_dir}/<wnid>/*.JPEG")
+    wnids = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    n = DATASETS["imagenet50"].n_classes
+    if len(wnids) != n:
+        raise DataError(f"{train_dir} has {len(wnids)} class folders, expected {n} (the order is over all {n})")
+    chosen = class_order(n, 0, "numpy1993")[:IMAGENET50_CLASSES]
+    size = int(cfg.get("prepared_resolution") or DATASETS["imagenet50"].size)
+    resize_to = round(size * 256 / 224)
+    out = []
+    for split_dir in (train_dir, val_dir):
+        files, labels = [], []
+        for c in sorted(chosen):
+            found = _jpegs(split_dir / wnids[c])
+            if not found:
+                raise DataError(f"no JPEGs in {split_dir / wnids[c]} (class {c} of the ImageNet-50 order)")
+            files += found
+            labels += [c] * len(found)
+        out += [_decode(files, size, resize_to), np.asarray(labels, dtype=np.int64)]
+    return tuple(out)
+
+
 def load_arrays(cfg: dict):
     name = cfg["name"]
     if name in ("cifar10", "cifar100"):
         return _cifar_arrays(cfg, DATASETS[name].n_classes)
     if name == "mnist5k":
         return _mnist5k_arrays(cfg)
+    if name == "tinyimagenet":
+        return _tinyimagenet_arrays(cfg)
+    if name == "imagenet50":
+        return _imagenet50_arrays(cfg)
     if name == "npz":
         return _npz_arrays(cfg)
     raise DataError(f"unknown dataset {name!r}")
@@ -210,7 +326,8 @@ class TrainData:
             if y.min() < 0 or y.max() >= k:
                 raise DataError(f"{cfg['name']} {name} labels must lie in [0, {k}); found [{y.min()}, {y.max()}]")
         self.sizes = task_sizes(k, first_split, other_split, max_tasks)
-        self.class_order = class_order(k, seed)
+        self.class_order = class_order(k, seed, class_order_family(cfg))
+        self.top_k = int(cfg.get("top_k", 1))  # accuracy counts a hit in the k largest logits (ImageNet: 5)
         remap = np.empty(k, dtype=np.int64)
         remap[self.class_order] = np.arange(k)  # original id -> position in the shuffled order
         self.bounds = np.concatenate([[0], np.cumsum(self.sizes)]).tolist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -14,3 +15,18 @@ def kd_loss(student: Tensor, teacher: Tensor, temperature: float = 2.0, teacher_
     already normalized (the reference's "soft targets" variant, e.g. DeepInversion's zero-padded targets)."""
     target = teacher if teacher_probs else F.softmax(teacher / temperature, dim=1)
     return -(target * F.log_softmax(student / temperature, dim=1)).sum(dim=1).mean()
+
+
+def old_new_class_weights(n_past: int, n_seen: int, n_classes: int, device=None) -> Tensor:
+    """Per-class weights (K,) of ABD and DGR: r = n_past / n_seen for old classes, 1 - r for the others
+    (datafree.py `AlwaysBeDreaming.update_model`, dgr.py `learn_batch`). Index it with labels. The reference
+    sizes this vector by the batch, not the class count (quirk 11); sized by classes it works for any batch."""
+    r = n_past / n_seen
+    w = torch.full((n_classes,), 1 - r, device=device)
+    w[:n_past] = r
+    return w
+
+
+def weighted_ce(logits: Tensor, y: Tensor, class_weights: Tensor) -> Tensor:
+    """The reference's `criterion`: mean over the batch of w_y · CE, normalised by N, not by the sum of w."""
+    return (F.cross_entropy(logits, y, reduction="none") * class_weights[y]).mean()

@@ -72,3 +72,86 @@ class RandomMemory:
 
     def load_state_dict(self, state: dict) -> None:
         self.indices = state["indices"]
+
+
+# ---------------------------------------------------------------- ranked memory (E2E, BiC)
+
+@torch.no_grad()
+def class_features(model, data, index: Tensor, normalize: bool = True, batch_size: int = 1000) -> Tensor:
+    """Penultimate features of un-augmented training images (the reference's test transform, §1.5), in
+    eval mode and in batches on the device (the reference forwards one image at a time; same values).
+    The model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    feats = torch.cat([model.features(data.plain_images(index[i:i + batch_size], normalize))
+                       for i in range(0, len(index), batch_size)])
+    model.train(was_training)
+    return feats
+
+
+def _as_float64(x: Tensor) -> Tensor:
+    return x.float() if x.device.type == "mps" else x.double()  # the reference ranks in NumPy float64
+
+
+def nearest_to_mean(feats: Tensor, m: int) -> Tensor:
+    """Positions of the m rows of `feats` closest to their mean (Euclidean, features not normalized),
+    closest first; ties keep the earlier row. E2E's selection (§6.3, quirk 7)."""
+    f = _as_float64(feats)
+    distance = (f - f.mean(dim=0)).norm(dim=1)
+    return torch.sort(distance, stable=True).indices[:m]
+
+
+def herding(feats: Tensor, m: int) -> Tensor:
+    """iCaRL herding (§6.4): repeatedly pick the row whose addition brings the mean of the chosen rows
+    closest to the mean of all rows; returns positions in picking order. Ties keep the earlier row."""
+    f = _as_float64(feats)
+    mean = f.mean(dim=0)
+    chosen_sum = torch.zeros_like(mean)
+    taken = torch.zeros(len(f), dtype=torch.bool, device=f.device)
+    picks = []
+    for k in range(min(m, len(f))):
+        distance = (mean - (chosen_sum + f) / (k + 1)).norm(dim=1).masked_fill(taken, float("inf"))
+        i = distance.argmin()
+        picks.append(i)
+        taken[i] = True
+        chosen_sum = chosen_sum + f[i]
+    return torch.stack(picks) if picks else torch.zeros(0, dtype=torch.long, device=f.device)
+
+
+SELECTION_RULES = {"nearest_to_mean": nearest_to_mean, "herding": herding}
+
+
+class RankedMemory:
+    """A memory holding the first m exemplars of each class's ranking (E2E nearest-to-mean, BiC herding).
+
+    As the reference (§6.3-6.4), a class is ranked once, with the model of the task that introduced it,
+    and later tasks keep a prefix of that cached ranking. The full memory is appended once to the
+    training data (no oversampling, §6.5)."""
+
+    def __init__(self, memory_size: int, rule: str):
+        if rule not in SELECTION_RULES:
+            raise ValueError(f"unknown selection rule {rule!r}; expected one of {sorted(SELECTION_RULES)}")
+        self.memory_size = memory_size
+        self.rule = SELECTION_RULES[rule]
+        self.rankings: list[Tensor] = []  # rankings[c]: training-set indices of class c, best first
+        self.indices = torch.zeros(0, dtype=torch.long)
+
+    def update(self, model, data, n_seen: int, normalize: bool = True) -> None:
+        """Re-allocate over `n_seen` classes; rank the classes not ranked yet with `model`."""
+        labels = data.train_y
+        n_ranked = len(self.rankings)
+        stored = torch.bincount(labels[self.indices.to(labels.device)], minlength=n_seen)[:n_ranked]
+        new = torch.bincount(labels, minlength=n_seen)[n_ranked:n_seen]
+        counts = allocation(n_seen, self.memory_size, torch.cat([stored, new]).tolist())
+        for c in range(n_ranked, n_seen):
+            candidates = torch.nonzero(labels == c).flatten()  # storage order, as the reference's loop
+            order = self.rule(class_features(model, data, candidates, normalize), counts[c])
+            self.rankings.append(candidates[order.to(candidates.device)])
+        self.indices = torch.cat([self.rankings[c][:counts[c]] for c in range(n_seen)])
+
+    def state_dict(self) -> dict:
+        return {"indices": self.indices.cpu(), "rankings": [r.cpu() for r in self.rankings]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices = state["indices"]
+        self.rankings = list(state["rankings"])

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfcil_core.config import ConfigError, canonical_json
+from dfcil_core.config import ConfigError, canonical_json, dataset_id
 from dfcil_core.report import common_settings, flatten, mean_std, read_summary, write_text_atomically
 
 # Part of every content hash: bump it when what gets logged changes, so that the next import redoes all runs.
@@ -220,14 +220,26 @@ def _import_seed(client, experiment_id: str, run: SeedRun, parent_id: str, index
     return run_id
 
 
+def paper_figures_for(figures: list[Path], summary: dict) -> list[Path]:
+    """The paper-table figures (results/paper/<dataset>/*.png) that concern one run's (experiment, method):
+    its dataset's accuracy curves, its method's accuracy-matrix heatmap, its task count's sample grids."""
+    wanted = {"accuracy_curves.png", f"accuracy_matrix_{summary['method']}.png",
+              f"samples_{summary['n_tasks']}tasks.png"}
+    dataset = dataset_id(summary["settings"]["dataset"])
+    return sorted(f for f in figures if f.parent.name == dataset and f.name in wanted and f.is_file())
+
+
 def _import_method(client, experiment_id: str, experiment: str, method: str, runs: list[SeedRun],
-                   curve: Path | None, index: RunIndex) -> dict[str, str]:
+                   curve: Path | None, index: RunIndex, paper_figures: list[Path] = ()) -> dict[str, str]:
     """The method's parent run and its children; returns run_key -> run_id."""
     settings = common_settings(method, [run.summary for run in runs])
     run_key = f"{experiment}/{method}"
     # Covers the children: a changed seed changes the means, so the whole group is redone.
-    content_hash = _hash({"format": IMPORT_FORMAT, "children": [run.content_hash for run in runs],
-                          "curve": _file_hash(curve) if curve else None})
+    fingerprint = {"format": IMPORT_FORMAT, "children": [run.content_hash for run in runs],
+                   "curve": _file_hash(curve) if curve else None}
+    if paper_figures:
+        fingerprint["paper"] = [(f.name, _file_hash(f)) for f in paper_figures]
+    content_hash = _hash(fingerprint)
     parent_id = index.current(run_key, content_hash)
     created = parent_id is None
     if created:
@@ -236,6 +248,8 @@ def _import_method(client, experiment_id: str, experiment: str, method: str, run
         _log_batch(client, parent_id, _group_metrics(runs), _params(settings))
         if curve:
             client.log_artifact(parent_id, str(curve))
+        for figure in paper_figures:
+            client.log_artifact(parent_id, str(figure), artifact_path="paper")
     run_ids = {run_key: parent_id}
     for run in runs:
         run_ids[run.run_key] = _import_seed(client, experiment_id, run, parent_id, index)
@@ -250,9 +264,11 @@ def _experiment_curve(runs: list[SeedRun]) -> Path | None:
     return curve if curve.is_file() else None
 
 
-def import_results(summaries: list[Path], tracking_uri: str, marker: Path) -> None:
+def import_results(summaries: list[Path], tracking_uri: str, marker: Path,
+                   paper_figures: list[Path] = ()) -> None:
     """Import the runs of `summaries` into the MLflow store at `tracking_uri`; write run_key -> run_id
-    of every run to `marker` (JSON)."""
+    of every run to `marker` (JSON). `paper_figures` are logged, under `paper/`, on the parent runs they
+    concern (`paper_figures_for`)."""
     if not summaries:
         raise ConfigError("no run summaries given")
     _disable_telemetry()
@@ -271,5 +287,6 @@ def import_results(summaries: list[Path], tracking_uri: str, marker: Path) -> No
             indexes[experiment] = experiment_id, RunIndex(client, experiment_id)
         experiment_id, index = indexes[experiment]
         runs.sort(key=lambda run: run.summary["seed"])
-        run_ids |= _import_method(client, experiment_id, experiment, method, runs, _experiment_curve(runs), index)
+        run_ids |= _import_method(client, experiment_id, experiment, method, runs, _experiment_curve(runs), index,
+                                  paper_figures_for(list(paper_figures), runs[0].summary))
     write_text_atomically(marker, json.dumps(dict(sorted(run_ids.items())), indent=1) + "\n")

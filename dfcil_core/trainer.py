@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dfcil_core import checkpoint
+from dfcil_core import checkpoint, fast
 from dfcil_core.learners.api import Batch, Learner, Task
 
 LossFn = Callable[[Batch | None], dict[str, Tensor]]
@@ -31,6 +31,9 @@ class Stage:
     indices: training-set samples to iterate over (shuffled each epoch, drop_last); None means a
              data-free stage that calls `loss(None)` `steps_per_epoch` times per epoch (inversion).
     lr_milestones: epochs at which the learning rate is multiplied by 0.1 (MultiStepLR, §3.1).
+    precision, channels_last, cuda_graphs: how the step runs (`dfcil_core.fast`); the defaults are the
+             fp32 eager reference path. The main stage takes them from the `train` settings; a learner's
+             own stage opts in with `**fast.stage_switches(ctx.train)`.
     """
 
     name: str
@@ -49,6 +52,9 @@ class Stage:
     log_every_epochs: int = 0  # 0: only the last epoch's mean losses are logged
     log: Callable[[str], None] = print
     opt: torch.optim.Optimizer | None = None  # pass to keep optimizer state across calls (warm start)
+    precision: str = "fp32"  # or "bf16": autocast around the loss
+    channels_last: bool = False
+    cuda_graphs: bool = False  # capture the whole step in a CUDA graph (CUDA only; else eager)
 
 
 def seed_everything(seed: int) -> None:
@@ -75,7 +81,8 @@ def run_stage(stage: Stage, data) -> dict:
     """Optimise `stage.loss` over `stage.params`; returns step/sample counts and the last mean losses.
 
     The step has a fixed batch shape and makes no host syncs: loss values are accumulated on the
-    device and read once per logged epoch. Inside a checkpointed job (`checkpoint.checkpointing`),
+    device and read once per logged epoch. `fast.make_runner` decides how each step executes (eager or a
+    CUDA graph replay). Inside a checkpointed job (`checkpoint.checkpointing`),
     progress is saved at epoch boundaries and a restarted job continues where it stopped."""
     ckpt = checkpoint.active()
     ordinal = ckpt.claim_ordinal() if ckpt else None
@@ -87,29 +94,19 @@ def run_stage(stage: Stage, data) -> dict:
     steps = stage.steps_per_epoch if stage.indices is None else n // stage.batch_size
     if stage.indices is not None and steps == 0:
         raise ValueError(f"stage {stage.name!r}: {n} samples is fewer than one batch of {stage.batch_size}")
-    sums: dict[str, Tensor] = {}
     last: dict[str, float] = {}
     samples, first_epoch, earlier_seconds = 0, 0, 0.0
     if ckpt and (resumed := ckpt.progress(ordinal, opt)) is not None:
         first_epoch, samples, last = resumed["epoch"], resumed["samples"], resumed["last"]
         earlier_seconds = resumed["seconds"]
+    runner = fast.make_runner(stage, data, opt)  # after any restore: a graph captures the restored tensors
     start = time.perf_counter()
     for epoch in range(first_epoch, stage.epochs):
-        for group in opt.param_groups:
-            group["lr"] = stage.lr * lr_factor(epoch, stage.lr_milestones)
+        runner.set_lr(stage.lr * lr_factor(epoch, stage.lr_milestones))
         order = None if stage.indices is None else stage.indices[torch.randperm(n, device=device)]
         for step in range(steps):
-            batch = None
-            if order is not None:
-                index = order[step * stage.batch_size:(step + 1) * stage.batch_size]
-                batch = data.train_batch(index, normalize=stage.normalize)
-            terms = stage.loss(batch)
-            total = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0) + v.detach()
+            runner.step(None if order is None else order[step * stage.batch_size:(step + 1) * stage.batch_size])
+        sums = runner.take_sums()
         samples += steps * (stage.batch_size if order is not None else 1)
         logged = stage.log_every_epochs and (epoch + 1) % stage.log_every_epochs == 0
         if logged or epoch == stage.epochs - 1:
@@ -118,10 +115,10 @@ def run_stage(stage: Stage, data) -> dict:
                 raise FloatingPointError(f"stage {stage.name!r} epoch {epoch}: non-finite loss {last}")
             stage.log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} "
                       + " ".join(f"{k}={v:.4f}" for k, v in last.items()))
-        sums = {}
         if ckpt and epoch + 1 < stage.epochs and ckpt.due():
             ckpt.save_progress(ordinal, opt, epoch + 1, {"samples": samples, "last": last,
                                                         "seconds": earlier_seconds + time.perf_counter() - start})
+    runner.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     # `seconds` is the stage's compute time over every attempt (and wherever a shared stage ran).
@@ -133,9 +130,11 @@ def run_stage(stage: Stage, data) -> dict:
 
 
 @torch.no_grad()
-def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> tuple[list[float], list[int]]:
+def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000, precision: str = "fp32",
+             channels_last: bool = False) -> tuple[list[float], list[int]]:
     """Top-1 accuracy (%) on each seen task's test set, argmax over all seen classes (§7.1),
-    and the size of each test set. A dataset's `top_k` (ImageNet: 5) counts a hit among the k largest."""
+    and the size of each test set. A dataset's `top_k` (ImageNet: 5) counts a hit among the k largest.
+    The test images stay on the device; `precision` and `channels_last` as in training (`train` settings)."""
     learner.model.eval()
     top_k = getattr(data, "top_k", 1)
     accuracies, sizes = [], []
@@ -145,7 +144,10 @@ def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000) -> tupl
         for start in range(0, len(y_all), batch_size):
             x = data.normalize(x_all[start:start + batch_size], learner.normalize_inputs)
             y = y_all[start:start + batch_size]
-            logits = learner.logits(x)
+            if channels_last:
+                x = fast.as_channels_last(x)
+            with fast.autocast(data.device, precision):
+                logits = learner.logits(x)
             if top_k == 1:
                 correct += (logits.argmax(dim=1) == y).sum()
             else:
@@ -165,19 +167,22 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
     learner.log = log
     learner.begin_task(task)
     learner.model.train()
+    switches = fast.stage_switches(train)
     main = Stage(
         name=f"task{task.index}", params=learner.parameters(), loss=learner.loss,
         indices=learner.train_indices(task), epochs=train["epochs"], lr=train["lr"],
         lr_milestones=train["lr_milestones"], momentum=train["momentum"],
         weight_decay=train["weight_decay"], batch_size=train["batch_size"],
-        normalize=learner.normalize_inputs, log_every_epochs=train.get("log_every_epochs", 0), log=log)
+        normalize=learner.normalize_inputs, log_every_epochs=train.get("log_every_epochs", 0), log=log,
+        **switches)
     counts = run_stage(main, data)
     start = time.perf_counter()
     learner.end_task(task)
     if data.device.type == "cuda":
         torch.cuda.synchronize(data.device)
     end_task_seconds = time.perf_counter() - start
-    accuracy, sizes = evaluate(learner, task, data)
+    accuracy, sizes = evaluate(learner, task, data, train.get("eval_batch_size", 1000),
+                               switches["precision"], switches["channels_last"])
     train_seconds = counts["seconds"]
     return {
         "accuracy_per_task": accuracy,

@@ -135,6 +135,30 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
 
+    # ---- the paper's "mem" metric (§7.2), in bytes ----
+    def stored_memory(self) -> dict:
+        """What the learner keeps between tasks: the parameters of every nn.Module in its state (the model,
+        a generator or VAE; BiC's bias parameters) as 4-byte floats, plus coreset images at H x W x C bytes
+        (any state entry whose attribute holds an `indices` tensor, i.e. a memory of training-set indices).
+        Teachers and optimizer states are not counted, as in the reference. A method storing something else
+        extends this. `reference_units` is the reference's own number: parameters + coreset pixels."""
+        info = self.ctx.data.info
+        image_bytes = info.channels * info.size * info.size
+        parameters: dict[str, int] = {}
+        coreset_images = 0
+        for key in self.state_dict():
+            value = getattr(self, key, None)
+            if isinstance(value, nn.Module):
+                parameters[key] = sum(p.numel() for p in value.parameters())
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, nn.Parameter) for v in value):
+                parameters[key] = sum(v.numel() for v in value)
+            elif isinstance(getattr(value, "indices", None), Tensor):
+                coreset_images += len(value.indices)
+        n_parameters = sum(parameters.values())
+        return {"parameters": parameters, "coreset_images": coreset_images, "image_bytes": image_bytes,
+                "bytes": 4 * n_parameters + coreset_images * image_bytes,
+                "reference_units": n_parameters + coreset_images * image_bytes}
+
     # ---- helpers shared by methods ----
     def seen_logits(self, x: Tensor, model: nn.Module | None = None) -> Tensor:
         return (model or self.model)(x)[:, : self.task.n_seen_classes]

@@ -4,6 +4,7 @@ rule import_mlflow:
     input:
         summaries=all_summaries,
         curves=expand(f"{RESULTS}/{{experiment}}/accuracy_curve.png", experiment=EXPERIMENTS),
+        paper=all_paper_figures,
     output:
         f"{RESULTS}/mlflow/imported.json",
     params:
@@ -12,4 +13,5 @@ rule import_mlflow:
         f"{RESULTS}/logs/import_mlflow.log",
     localrule: True
     shell:
-        "dfcil mlflow-import {input.summaries} --tracking-uri {params.uri} --marker {output} > {log} 2>&1"
+        "dfcil mlflow-import {input.summaries} --tracking-uri {params.uri} --marker {output}"
+        " --paper-figures {input.paper} > {log} 2>&1"
