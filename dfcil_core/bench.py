@@ -132,10 +132,8 @@ def _learner_workload(method: str, task_index: int, data, device, switches: dict
 def _inversion_workload(data, device, switches: dict, batch_size: int):
     """One iteration of `inversion.invert` for the paper-size generator and a ResNet-32 teacher (task 0's
     20 classes), built here with the switches (`invert` builds its stage with the defaults)."""
-    import torch.nn.functional as F
-
     from dfcil_core import fast
-    from dfcil_core.inversion import BNStatistics, class_balance_loss, gaussian_kernel, smoothness_loss
+    from dfcil_core.inversion import BNStatistics, gaussian_kernel, inversion_step
     from dfcil_core.learners import resolve_hyperparameters
     from dfcil_core.models.generator import Generator
     from dfcil_core.models.resnet import build_model
@@ -146,18 +144,8 @@ def _inversion_workload(data, device, switches: dict, batch_size: int):
     if switches["channels_last"]:
         fast.channels_last_(teacher.parameters())
     generator = Generator(CHANNELS, SIZE, hp["generator_z_dim"], hp["generator_width"]).to(device).train()
-    kernel = gaussian_kernel().to(device)
     stats = BNStatistics(teacher).__enter__()
-
-    def step(_batch):  # inversion.invert's step
-        x = generator.sample(batch_size)
-        out = teacher(x)[:, :FIRST_SPLIT]
-        return {
-            "content": hp["content_weight"] * F.cross_entropy(out / hp["content_temperature"], out.argmax(dim=1)),
-            "balance": class_balance_loss(out),
-            "bn_stats": hp["bn_stat_weight"] * stats.pop(),
-            "smoothness": hp["smoothness_weight"] * smoothness_loss(x, kernel),
-        }
+    step = inversion_step(generator, teacher, stats, gaussian_kernel().to(device), FIRST_SPLIT, batch_size, hp)
 
     stage = Stage(name="bench inversion", params=list(generator.parameters()), loss=step, epochs=1,
                   lr=hp["gen_lr"], optimizer="adam", batch_size=batch_size, indices=None, **switches)

@@ -90,15 +90,9 @@ def _chunks(iters: int, most: int = 10) -> int:
     return next(d for d in range(min(most, iters), 0, -1) if iters % d == 0)
 
 
-def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module, n_classes: int, iters: int,
-           batch_size: int, hp: dict, data, name: str = "inversion", log: Callable[[str], None] = print) -> dict:
-    """Train `generator` for `iters` Adam steps against the frozen `teacher`'s first `n_classes` logits.
-
-    hp: gen_lr, bn_stat_weight, smoothness_weight, content_temperature, content_weight (the reference's
-    `deep_inv_params`, by name). `opt` carries Adam's state across tasks when the caller keeps it."""
-    from dfcil_core.trainer import Stage, run_stage  # not at module level: the trainer imports the learners
-
-    kernel = gaussian_kernel().to(data.device)
+def inversion_step(generator: nn.Module, teacher: nn.Module, stats: BNStatistics, kernel: Tensor,
+                   n_classes: int, batch_size: int, hp: dict) -> Callable[[object], dict[str, Tensor]]:
+    """The loss of one inversion iteration (§5.3), as a stage loss: fresh noise -> images -> the four terms."""
 
     def step(_batch) -> dict[str, Tensor]:
         x = generator.sample(batch_size)
@@ -109,6 +103,16 @@ def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module,
             "bn_stats": hp["bn_stat_weight"] * stats.pop(),
             "smoothness": hp["smoothness_weight"] * smoothness_loss(x, kernel),
         }
+    return step
+
+
+def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module, n_classes: int, iters: int,
+           batch_size: int, hp: dict, data, name: str = "inversion", log: Callable[[str], None] = print) -> dict:
+    """Train `generator` for `iters` Adam steps against the frozen `teacher`'s first `n_classes` logits.
+
+    hp: gen_lr, bn_stat_weight, smoothness_weight, content_temperature, content_weight (the reference's
+    `deep_inv_params`, by name). `opt` carries Adam's state across tasks when the caller keeps it."""
+    from dfcil_core.trainer import Stage, run_stage  # not at module level: the trainer imports the learners
 
     chunks = _chunks(iters)
     done = 0
@@ -118,12 +122,13 @@ def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module,
         done += iters // chunks
         log(f"{msg} (iteration {done}/{iters})")
 
-    stage = Stage(name=name, params=list(generator.parameters()), loss=step, epochs=chunks, lr=hp["gen_lr"],
-                  optimizer="adam", batch_size=batch_size, indices=None, steps_per_epoch=iters // chunks,
-                  log_every_epochs=1, log=progress, opt=opt)
     teacher.eval()
     generator.train()
     with BNStatistics(teacher) as stats:
+        step = inversion_step(generator, teacher, stats, gaussian_kernel().to(data.device), n_classes, batch_size, hp)
+        stage = Stage(name=name, params=list(generator.parameters()), loss=step, epochs=chunks, lr=hp["gen_lr"],
+                      optimizer="adam", batch_size=batch_size, indices=None, steps_per_epoch=iters // chunks,
+                      log_every_epochs=1, log=progress, opt=opt)
         result = run_stage(stage, data)
     generator.eval()
     return result
