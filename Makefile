@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -c "import torch, torchvision, snakemake, mlflow, mlxtend"
 	touch $@
 
+# The HTML report (tables and figures with captions) is rebuilt after each run; it is not set in
+# the profile because --report-after-run there would also make every dry run fail.
 run: install
 	snakemake --cores $(CORES)
+	snakemake --report results/report.html
 
 test: install
 	$(PY) -m pytest -q
