@@ -107,11 +107,13 @@ def inversion_step(generator: nn.Module, teacher: nn.Module, stats: BNStatistics
 
 
 def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module, n_classes: int, iters: int,
-           batch_size: int, hp: dict, data, name: str = "inversion", log: Callable[[str], None] = print) -> dict:
+           batch_size: int, hp: dict, data, name: str = "inversion", log: Callable[[str], None] = print,
+           switches: dict | None = None) -> dict:
     """Train `generator` for `iters` Adam steps against the frozen `teacher`'s first `n_classes` logits.
 
     hp: gen_lr, bn_stat_weight, smoothness_weight, content_temperature, content_weight (the reference's
-    `deep_inv_params`, by name). `opt` carries Adam's state across tasks when the caller keeps it."""
+    `deep_inv_params`, by name). `opt` carries Adam's state across tasks when the caller keeps it.
+    switches: how the iteration runs (`fast.stage_switches` of the experiment's `train`); None = fp32 eager."""
     from dfcil_core.trainer import Stage, run_stage  # not at module level: the trainer imports the learners
 
     chunks = _chunks(iters)
@@ -128,7 +130,7 @@ def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module,
         step = inversion_step(generator, teacher, stats, gaussian_kernel().to(data.device), n_classes, batch_size, hp)
         stage = Stage(name=name, params=list(generator.parameters()), loss=step, epochs=chunks, lr=hp["gen_lr"],
                       optimizer="adam", batch_size=batch_size, indices=None, steps_per_epoch=iters // chunks,
-                      log_every_epochs=1, log=progress, opt=opt)
+                      log_every_epochs=1, log=progress, opt=opt, **(switches or {}))
         result = run_stage(stage, data)
     generator.eval()
     return result

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfcil_core import trainer  # module import: trainer imports the learners package too
+from dfcil_core import fast, trainer  # module import: trainer imports the learners package too
 from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
@@ -112,7 +112,7 @@ class BiC(LwF):
                 weight_decay=train["weight_decay"],  # on alpha and beta, as the reference (quirk 3)
                 # the reference's loader (B, drop_last); a holdout smaller than B is one batch per epoch
                 batch_size=min(self.hp["bias_batch_size"] or train["batch_size"], len(self.holdout)),
-                log=self.log), self.ctx.data)
+                log=self.log, **fast.stage_switches(train)), self.ctx.data)
             self.holdout = None
         self.memory.update(self.model, self.ctx.data, task.n_seen_classes)  # herding after stage 2
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dfcil_core import fast
 from dfcil_core.inversion import invert
 from dfcil_core.learners.api import Batch, Learner, Task
 from dfcil_core.models.generator import Generator
@@ -90,7 +91,7 @@ class DataFreeLearner(Learner):
             self.generator, self.generator_opt = self.new_generator()
         invert(self.generator, self.generator_opt, self.frozen_copy(self.model), task.n_seen_classes,
                self.hp["power_iters"], self.ctx.train["batch_size"], self.hp, self.ctx.data,
-               name=f"inversion task{task.index}", log=self.log)
+               name=f"inversion task{task.index}", log=self.log, switches=fast.stage_switches(self.ctx.train))
 
     def artifacts(self, out_dir: Path) -> None:
         if self.task.is_last:

@@ -16,7 +16,7 @@ from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
 from dfcil_core.memory import RankedMemory
-from dfcil_core import trainer  # module import: trainer imports the learners package too
+from dfcil_core import fast, trainer  # module import: trainer imports the learners package too
 
 NEW_KD_TARGETS = ("previous_teacher", "stage_a")
 
@@ -91,7 +91,7 @@ class E2E(LwF):
             weight_decay=train["weight_decay"],
             # the reference's loader (B, drop_last); a memory smaller than B is one batch per epoch
             batch_size=min(self.hp["balanced_batch_size"] or train["batch_size"], len(memory)),
-            log=self.log), self.ctx.data)
+            log=self.log, **fast.stage_switches(train)), self.ctx.data)
         self.stage_a = None
 
     def balanced_loss(self, batch: Batch) -> dict[str, Tensor]:
