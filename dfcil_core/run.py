@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from dfcil_core import __version__
-from dfcil_core.config import ConfigError, StateError, deep_merge, differences, fingerprint
+from dfcil_core.config import (ConfigError, StateError, deep_merge, differences, fingerprint, n_classes,
+                               task_sizes)
 from dfcil_core.checkpoint import Checkpointer, checkpointing
 from dfcil_core.data import TrainData, load_prepared
 from dfcil_core.devices import pick_device
@@ -28,8 +29,12 @@ METRICS_FILE = "metrics.json"
 
 
 def resolve(settings: dict) -> tuple[dict, dict, dict]:
-    """(settings with the method's resolved hyperparameters, hyperparameters, training settings)."""
+    """(settings with the method's resolved hyperparameters, hyperparameters, training settings).
+    Raises ConfigError for an unknown method or setting, or hyperparameters its tasks cannot run with."""
     hp = resolve_hyperparameters(settings["method"], settings.get("method_settings") or {})
+    sizes = task_sizes(n_classes(settings["dataset"]), settings["first_split"], settings["other_split"],
+                       settings.get("max_tasks"))
+    learner_class(settings["method"]).check_settings(hp, sizes)
     train = deep_merge(settings["train"], hp.get("train", {}))
     return {**settings, "method_settings": hp}, hp, train
 

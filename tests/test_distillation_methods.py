@@ -152,6 +152,14 @@ def test_first_k_per_class_follows_the_given_order():
     assert first_k_per_class(index, labels, 2).tolist() == [True, True, True, True, False, False, True]
 
 
+def test_bic_memory_too_small_for_a_holdout_is_refused_before_training():
+    """3 tasks of 2 classes: 4 classes are old at the last task, so 10% of the memory must be >= 4 images."""
+    from dfcil_core.config import ConfigError
+    with pytest.raises(ConfigError, match="memory_size must be at least 40"):
+        build(tiny_settings("bic", memory_size=39), 0, "cpu")
+    build(tiny_settings("bic", memory_size=40), 0, "cpu")
+
+
 def test_bic_holdout_split_is_first_k_new_in_storage_order_and_first_k_old_in_memory_order(tiny):
     (train, data, _), learner = tiny, make(tiny, "bic", memory_size=40)
     train_task(learner, Task(0, 3, 0, 2), data, train, seed=0, log=lambda m: None)

@@ -84,6 +84,11 @@ class Learner:
         self.model = ctx.make_model()
         self.task: Task | None = None
 
+    @classmethod
+    def check_settings(cls, hp: dict, task_sizes: list[int]) -> None:
+        """Raise ConfigError for hyperparameters that cannot run on these tasks (class counts per task),
+        so that the workflow refuses them before any job starts rather than failing at a later task."""
+
     # ---- sharing computation across methods and experiments ----
     @classmethod
     def shared_main_stage(cls, task: Task) -> str | None:

@@ -9,11 +9,14 @@ herding (§6.4), re-selected after stage 2.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfcil_core import fast, trainer  # module import: trainer imports the learners package too
+from dfcil_core.config import ConfigError
 from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
@@ -58,6 +61,15 @@ class BiC(LwF):
         # Stage 2 batch; null = the experiment's batch (reference: 128 with drop_last on 150-400 images).
         "bias_batch_size": None,
     }
+
+    @classmethod
+    def check_settings(cls, hp: dict, task_sizes: list[int]) -> None:
+        most_old = sum(task_sizes[:-1])  # classes seen before the last task
+        if len(task_sizes) > 1 and holdout_per_class(hp["memory_size"], most_old, hp["holdout_fraction"]) < 1:
+            raise ConfigError(
+                f"bic: memory_size {hp['memory_size']} x holdout_fraction {hp['holdout_fraction']} leaves no held-out "
+                f"image per class for the bias layer once {most_old} classes are old; memory_size must be at least "
+                f"{math.ceil(most_old / hp['holdout_fraction'])}")
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
