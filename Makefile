@@ -1,12 +1,13 @@
 # Two commands do all set-up on a fresh clone (CPU-only Linux, Python >= 3.11):
 #   make run    create .venv, install, run the default workflow (the offline demo)
 #   make test   create .venv, install, run the test suite
+#   make long-coreset   issue #3's longer coreset schedule on the demo data (results/long-coreset/, ~19 min on 2 cores)
 VENV ?= .venv
 CORES ?= 2
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test clean-results
+.PHONY: install run test long-coreset clean-results
 
 install: $(VENV)/.installed
 
@@ -25,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	snakemake --cores $(CORES)
 	snakemake --report results/report.html
+
+long-coreset: install
+	snakemake --cores $(CORES) --configfile config/config.yaml config/demo_long_coreset.yaml
 
 test: install
 	$(PY) -m pytest -q

@@ -21,8 +21,8 @@ BIN = Path(sys.executable).parent
 def snakemake(workdir, *args, configfile=None):
     cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--cores", "2", *args]
-    if configfile:
-        cmd += ["--configfile", str(configfile)]
+    if configfile:  # one file or a list of them, merged by Snakemake in order
+        cmd += ["--configfile", *map(str, configfile if isinstance(configfile, list) else [configfile])]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
@@ -40,6 +40,21 @@ def test_dry_run_default_config(tmp_path):
     counts = job_counts(out.stdout)
     assert counts["train_task"] == len(exp["methods"]) * len(exp["seeds"]) * 5
     assert counts["summarize_run"] == len(exp["methods"]) * len(exp["seeds"])
+
+
+def test_long_coreset_layer_changes_the_schedule_and_writes_to_its_own_folder(tmp_path):
+    """config/demo_long_coreset.yaml over the demo: 7 methods at 50 epochs and memory 2000, every artifact
+    under results/long-coreset/ (the demo's results/ tables and paper columns stay the demo's)."""
+    out = snakemake(tmp_path, "-n", "-p",
+                    configfile=[REPO / "config/config.yaml", REPO / "config/demo_long_coreset.yaml"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert job_counts(out.stdout)["train_task"] == 7 * 3 * 5
+    outputs = re.findall(r"^\s*output: (.*)$", out.stdout, flags=re.M)
+    assert outputs and all(path.startswith("results/long-coreset/") for line in outputs
+                           for path in line.split(", ")), outputs[:3]
+    commands = [line for line in out.stdout.splitlines() if "dfcil train-task" in line]
+    assert commands and all('"epochs": 50' in c and '"lr_milestones": [30, 40]' in c for c in commands)
+    assert all('"memory_size": 2000' in c for c in commands if '"method": "bic"' in c or '"method": "e2e"' in c)
 
 
 def test_dry_run_paper_config_lists_the_whole_grid(tmp_path):
@@ -148,6 +163,9 @@ def test_interrupted_run_resumes_after_the_last_completed_task(tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda c: c["defaults"].update(methods=["base", "no_such_method"]), "no_such_method"),
     (lambda c: c["experiments"]["tiny"].update(other_split=30), "do not split"),
+    # BiC's holdout would be empty at a later task: refused at parse time, not when that task's job runs
+    (lambda c: c["defaults"].update(methods=["bic"], method_settings={"bic": {"memory_size": 10}}),
+     "'bic': bic: memory_size 10 x holdout_fraction 0.1 leaves no held-out image"),
     (lambda c: c["defaults"]["dataset"].update(root="/nonexistent/cifar"), "/nonexistent/cifar/cifar-100-python"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, mutate, message):

@@ -6,9 +6,9 @@ from snakemake.exceptions import WorkflowError
 
 from dfcil_core import config as dfcil_config
 from dfcil_core.learners.api import Task
-from dfcil_core.run import shared_recipe
+from dfcil_core.run import resolve, shared_recipe
 
-RESULTS = "results"
+RESULTS = config["results_dir"]  # "results" unless the configuration names another folder
 EXPERIMENTS = dfcil_config.experiments(config)
 N_TASKS = {}
 DATASETS = {}  # prepared-file id -> dataset settings
@@ -76,6 +76,10 @@ SHARED_NODE = {}  # (experiment, method, task) -> recipe key
 for _name, _exp in EXPERIMENTS.items():
     for _method in _exp["methods"]:
         _settings = dfcil_config.run_settings(_exp, _method)
+        try:  # unknown settings, or ones its tasks cannot run with: refused before any job starts
+            resolve(_settings)
+        except dfcil_config.ConfigError as e:
+            raise WorkflowError(f"experiment {_name!r}, method {_method!r}: {e}")
         for _t in range(N_TASKS[_name]):
             _recipe = shared_recipe(_settings, task_of(_name, _t))
             if _recipe is not None:
