@@ -131,7 +131,7 @@ def _learner_workload(method: str, task_index: int, data, device, switches: dict
 
 def _inversion_workload(data, device, switches: dict, batch_size: int):
     """One iteration of `inversion.invert` for the paper-size generator and a ResNet-32 teacher (task 0's
-    20 classes), built here with the switches (`invert` builds its stage with the defaults)."""
+    20 classes): `invert`'s loss (`inversion_step`) in a one-epoch stage that the timer can step by itself."""
     from dfcil_core import fast
     from dfcil_core.inversion import BNStatistics, gaussian_kernel, inversion_step
     from dfcil_core.learners import resolve_hyperparameters

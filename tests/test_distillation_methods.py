@@ -152,6 +152,15 @@ def test_first_k_per_class_follows_the_given_order():
     assert first_k_per_class(index, labels, 2).tolist() == [True, True, True, True, False, False, True]
 
 
+def test_e2e_reference_target_needs_new_classes_to_fit_in_the_old_ones():
+    """First task of 2 classes, then 4: the previous model has too few logits for the reference's target."""
+    from dfcil_core.config import ConfigError
+    settings = {**tiny_settings("e2e"), "other_split": 4, "max_tasks": 2}
+    with pytest.raises(ConfigError, match="task 1 has 4 new and 2 old classes"):
+        build(settings, 0, "cpu")
+    build({**settings, "method_settings": {"balanced_new_kd": "stage_a"}}, 0, "cpu")
+
+
 def test_bic_memory_too_small_for_a_holdout_is_refused_before_training():
     """3 tasks of 2 classes: 4 classes are old at the last task, so 10% of the memory must be >= 4 images."""
     from dfcil_core.config import ConfigError

@@ -58,6 +58,17 @@ class E2E(LwF):
         "balanced_batch_size": None,
     }
 
+    @classmethod
+    def check_settings(cls, hp: dict, task_sizes: list[int]) -> None:
+        # the reference's target takes the previous model's first |C_t| logits: it needs |C_t| <= n_old
+        if hp["balanced_new_kd"] == "previous_teacher":
+            for t in range(1, len(task_sizes)):
+                if task_sizes[t] > sum(task_sizes[:t]):
+                    raise ConfigError(
+                        f"e2e balanced_new_kd 'previous_teacher' (the reference's stage-B target) needs each task's "
+                        f"classes to fit in the old ones; task {t} has {task_sizes[t]} new and {sum(task_sizes[:t])} "
+                        "old classes: use balanced_new_kd 'stage_a' or a larger first task")
+
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
         if hp["balanced_new_kd"] not in NEW_KD_TARGETS:

@@ -24,6 +24,7 @@ from torch import Tensor
 from dfcil_core.config import ConfigError
 from dfcil_core.learners.api import Batch
 from dfcil_core.learners.lwf import LwF
+from dfcil_core.losses import kd_loss
 
 VARIANTS = ("softmax", "bce")
 
@@ -41,7 +42,7 @@ def lwf_mc_targets(y: Tensor, z_teacher: Tensor | None, n_seen: int, variant: st
 def lwf_mc_loss(z: Tensor, target: Tensor, variant: str) -> Tensor:
     """softmax: -(1/B) sum_i sum_c target_ic log softmax(z_i)_c; bce: (1/B) sum_i sum_c BCE(sigmoid(z_ic), target_ic)."""
     if variant == "softmax":
-        return -(target * F.log_softmax(z, dim=1)).sum(dim=1).mean()
+        return kd_loss(z, target, temperature=1.0, teacher_probs=True)
     return F.binary_cross_entropy_with_logits(z, target, reduction="sum") / len(z)
 
 

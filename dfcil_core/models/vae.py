@@ -48,7 +48,9 @@ class VAE(nn.Module):
         mu, logvar = self.q_mean(h), self.q_logvar(h)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
         recon = self.decode(z)
-        bce = F.binary_cross_entropy(recon.flatten(1), x.flatten(1), reduction="none").mean(dim=1)
+        # CUDA autocast refuses binary_cross_entropy (unsafe in bf16): compute it in fp32 under `precision: bf16`
+        with torch.autocast(x.device.type, enabled=False):
+            bce = F.binary_cross_entropy(recon.flatten(1).float(), x.flatten(1).float(), reduction="none").mean(dim=1)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1).mean() / x[0].numel()
         return (bce * weight).mean() + kl
 
