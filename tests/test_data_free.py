@@ -197,8 +197,13 @@ def test_abd_switches():
     *_, scaled = abd_terms()
     *_, unscaled = abd_terms(local_ce_scale=False)
     assert unscaled["ce_local"].item() == pytest.approx(2 * scaled["ce_local"].item(), rel=1e-5)  # 1 - r = 0.5
-    *_, reused = abd_terms(ft_second_forward=False)
+    learner, *_, reused = abd_terms(ft_second_forward=False)
     assert reused["ce_ft"].item() == pytest.approx(scaled["ce_ft"].item(), rel=1e-5)  # same values in train mode
+    # what the switch changes: the reference's second forward moves BN running statistics a second time per step
+    twice = tiny_learner(ABD).model.stages[0][0].bn1.num_batches_tracked
+    bn = {on: abd_terms(ft_second_forward=on)[0].model.stages[0][0].bn1.num_batches_tracked.item() - twice.item()
+          for on in (True, False)}
+    assert bn == {True: 2, False: 1}
 
 
 def test_abd_terms_reach_the_right_parameters():

@@ -254,6 +254,11 @@ class FeatureIdentity(nn.Module):
         return x
 
 
+class FeatureScaled(nn.Module):
+    def features(self, x):
+        return x * torch.tensor([1.0, -3.0])
+
+
 class FakeData:
     """Each 'image' is its own 2-d feature; labels: `per_class` samples per class, in storage order."""
 
@@ -299,5 +304,11 @@ def test_ranked_memory_ranks_new_classes_with_the_given_model_and_is_restored_fr
     restored = RankedMemory(20, "herding")
     restored.load_state_dict(memory.state_dict())
     memory.update(FeatureIdentity(), data, 4)
-    restored.update(FeatureIdentity(), data, 4)
-    assert torch.equal(memory.indices, restored.indices) and len(memory.indices) == 20
+    other = FeatureScaled()  # the next task's model: another feature map
+    restored.update(other, data, 4)
+    for c in (0, 1):  # old classes keep their saved ranking (not re-ranked with the new model)
+        assert restored.rankings[c].tolist() == memory.rankings[c].tolist()
+    for c in (2, 3):  # new classes are ranked with the model given
+        cands = torch.arange(30 * c, 30 * (c + 1))
+        assert restored.rankings[c].tolist() == cands[herding(other.features(data.x[cands]), 5)].tolist()
+    assert len(restored.indices) == 20

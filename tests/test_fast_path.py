@@ -45,8 +45,8 @@ def tiny_run(switches: dict, method="base", n_tasks=2, epochs=3, seed=1, **hp):
 # within 0.013, any epoch within 0.08, final accuracy over the seen classes within 3.25 points (while the fp32
 # runs of different seeds differ by up to 8 points).
 FIRST_EPOCH_LOSS = 0.03
-ANY_EPOCH_LOSS = 0.15
-FINAL_ACCURACY_POINTS = 8.0
+ANY_EPOCH_LOSS = 0.1
+FINAL_ACCURACY_POINTS = 4.0
 
 
 def test_bf16_channels_last_training_tracks_the_fp32_eager_reference():
@@ -84,10 +84,10 @@ def test_evaluation_in_bf16_channels_last_agrees_with_fp32():
     task = Task(0, data.n_tasks, 0, data.bounds[1])
     train_task(learner, task, data, train, 1, log=QUIET)
     ref = evaluate(learner, task, data)
+    assert evaluate(learner, task, data, batch_size=7) == ref  # fp32: the last, partial batch counts too
     fast.channels_last_(learner.model.parameters())
     small = evaluate(learner, task, data, batch_size=7, precision="bf16", channels_last=True)
-    assert small[1] == ref[1]
-    assert abs(small[0][0] - ref[0][0]) <= 2.0
+    assert abs(small[0][0] - ref[0][0]) <= 1.0  # 2 of 200 images
 
 
 # ---------------------------------------------------------------- the graphed runner, with a CPU stand-in
@@ -118,7 +118,17 @@ class FakeGraphs:
         self.events.append("capture")
         if self.fail_capture:
             raise RuntimeError("operation not permitted when stream is capturing")
-        return fn
+        runner = getattr(self, "runner", None)
+        if runner is None:
+            return fn
+        # A real graph writes to the tensors that existed at capture: the runner's loss sums must be
+        # updated and reset in place, never replaced.
+        captured = {k: v.data_ptr() for k, v in runner.sums.items()}
+
+        def replay():
+            assert {k: v.data_ptr() for k, v in runner.sums.items()} == captured, "loss sums were reallocated"
+            fn()
+        return replay
 
 
 @pytest.fixture
@@ -130,7 +140,8 @@ def fake_graphs(monkeypatch):
     def make_runner(stage, data, opt, graphs=None):
         if stage.cuda_graphs:
             made.append(FakeGraphs())
-            return real(stage, data, opt, graphs=made[-1])
+            made[-1].runner = real(stage, data, opt, graphs=made[-1])
+            return made[-1].runner
         return real(stage, data, opt)
 
     monkeypatch.setattr(fast, "make_runner", make_runner)
@@ -443,5 +454,6 @@ def test_bench_runs_on_the_cpu_and_writes_json(tmp_path, capsys):
     for entry in result["results"].values():
         assert entry["eager_fp32"]["switches"]["precision"] == "fp32"
         assert entry["fast"]["switches"] == {"precision": "bf16", "channels_last": True, "cuda_graphs": False}
-        assert entry["speedup"] > 0 and entry["fast"]["per_second"] > 0
+        assert entry["speedup"] == pytest.approx(entry["fast"]["per_second"] / entry["eager_fp32"]["per_second"],
+                                                 rel=0.01)
     assert "inversion iteration" in capsys.readouterr().out
