@@ -173,3 +173,33 @@ class Learner:
         teacher = copy.deepcopy(module).eval()
         teacher.requires_grad_(False)
         return teacher
+
+    def second_stage(self, name: str, params: list[nn.Parameter], loss: Callable, indices: Tensor,
+                     lr_factor: float, batch_size: int | None) -> None:
+        """An end-of-task stage (E2E balanced fine-tuning, BiC bias correction) through the shared
+        `run_stage`: the experiment's epochs, milestones, momentum, weight decay and fast-path switches, its lr
+        times `lr_factor`, and the reference's loader (batch_size or the experiment's, drop_last; fewer
+        samples than a batch make one batch per epoch)."""
+        from dfcil_core import fast, trainer  # not at module level: the trainer imports this module
+        train = self.ctx.train
+        trainer.run_stage(trainer.Stage(
+            name=name, params=params, loss=loss, indices=indices, epochs=train["epochs"],
+            lr=train["lr"] * lr_factor, lr_milestones=train["lr_milestones"], momentum=train["momentum"],
+            weight_decay=train["weight_decay"], batch_size=min(batch_size or train["batch_size"], len(indices)),
+            log=self.log, **fast.stage_switches(train)), self.ctx.data)
+
+
+class TeacherLearner(Learner):
+    """A learner that learns from `teacher`: a frozen copy of the model as it stood at the start of the task
+    (none at task 0). Taken in `begin_task`, so a task started from a saved state sees the same teacher."""
+
+    teacher = None
+
+    def begin_task(self, task: Task) -> None:
+        super().begin_task(task)
+        self.teacher = self.frozen_copy(self.model) if task.index > 0 else None
+
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> Tensor:
+        """The teacher's logits over the old classes [0, n_old), eval mode (reference `generate_scores`)."""
+        return self.teacher(x)[:, : self.task.n_past_classes]

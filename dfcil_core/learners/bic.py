@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfcil_core import fast, trainer  # module import: trainer imports the learners package too
 from dfcil_core.config import ConfigError
 from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
@@ -115,16 +114,10 @@ class BiC(LwF):
     def end_task(self, task: Task) -> None:
         if task.index > 0:
             self.bias.append(nn.Parameter(torch.tensor([1.0, 0.0], device=self.ctx.device)))
-            train = self.ctx.train
             self.model.train(self.hp["bias_bn_train"])
-            trainer.run_stage(trainer.Stage(
-                name=f"task{task.index}-bias", params=[self.bias[-1]], loss=self.bias_loss,
-                indices=self.holdout, epochs=train["epochs"], lr=train["lr"] * self.hp["bias_lr_factor"],
-                lr_milestones=train["lr_milestones"], momentum=train["momentum"],
-                weight_decay=train["weight_decay"],  # on alpha and beta, as the reference (quirk 3)
-                # the reference's loader (B, drop_last); a holdout smaller than B is one batch per epoch
-                batch_size=min(self.hp["bias_batch_size"] or train["batch_size"], len(self.holdout)),
-                log=self.log, **fast.stage_switches(train)), self.ctx.data)
+            # weight decay applies to alpha and beta too, as in the reference (quirk 3)
+            self.second_stage(f"task{task.index}-bias", [self.bias[-1]], self.bias_loss, self.holdout,
+                              self.hp["bias_lr_factor"], self.hp["bias_batch_size"])
             self.holdout = None
         self.memory.update(self.model, self.ctx.data, task.n_seen_classes)  # herding after stage 2
 

@@ -14,14 +14,14 @@ from torch import Tensor
 
 from dfcil_core import fast
 from dfcil_core.inversion import invert
-from dfcil_core.learners.api import Batch, Learner, Task
+from dfcil_core.learners.api import Batch, Task, TeacherLearner
 from dfcil_core.models.generator import Generator
 from dfcil_core.sample_grid import save_grid
 
 GRID_SEED = 0  # the sample grid uses its own noise, the same for every task, and leaves the run's RNG alone
 
 
-class DataFreeLearner(Learner):
+class DataFreeLearner(TeacherLearner):
     defaults = {
         "temperature": 2.0,           # --temp default (no script overrides it)
         "power_iters": 10000,         # experiments/cifar100-*.sh --power_iters
@@ -56,10 +56,6 @@ class DataFreeLearner(Learner):
         # Task 0 trains with Base's loss (`first_task_loss`); the generator is trained after the main stage.
         return "base" if task.index == 0 else None
 
-    def begin_task(self, task: Task) -> None:
-        super().begin_task(task)
-        self.teacher = self.frozen_copy(self.model) if task.index > 0 else None
-
     @torch.no_grad()
     def replay(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """n synthetic images (generator in eval mode), the teacher's labels and logits over the old classes."""
@@ -67,10 +63,6 @@ class DataFreeLearner(Learner):
         x = self.generator.sample(n)
         logits = self.teacher(x)[:, : self.task.n_past_classes]
         return x, logits.argmax(dim=1), logits
-
-    @torch.no_grad()
-    def teacher_logits(self, x: Tensor) -> Tensor:
-        return self.teacher(x)[:, : self.task.n_past_classes]
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         if self.teacher is None:

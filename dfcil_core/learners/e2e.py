@@ -16,7 +16,6 @@ from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
 from dfcil_core.memory import RankedMemory
-from dfcil_core import fast, trainer  # module import: trainer imports the learners package too
 
 NEW_KD_TARGETS = ("previous_teacher", "stage_a")
 
@@ -91,18 +90,11 @@ class E2E(LwF):
         self.memory.update(self.model, self.ctx.data, task.n_seen_classes)  # features after stage A
         if task.index == 0:
             return
-        train, memory = self.ctx.train, self.memory.indices.to(self.ctx.device)
         head_only = self.hp["balanced_head_only"]
         self.model.train(self.hp["balanced_bn_train"])
-        trainer.run_stage(trainer.Stage(
-            name=f"task{task.index}-balanced", loss=self.balanced_loss, indices=memory,
-            params=list((self.model.last if head_only else self.model).parameters()),
-            epochs=train["epochs"], lr=train["lr"] * self.hp["balanced_lr_factor"],
-            lr_milestones=train["lr_milestones"], momentum=train["momentum"],
-            weight_decay=train["weight_decay"],
-            # the reference's loader (B, drop_last); a memory smaller than B is one batch per epoch
-            batch_size=min(self.hp["balanced_batch_size"] or train["batch_size"], len(memory)),
-            log=self.log, **fast.stage_switches(train)), self.ctx.data)
+        self.second_stage(f"task{task.index}-balanced", list((self.model.last if head_only else self.model).parameters()),
+                          self.balanced_loss, self.memory.indices.to(self.ctx.device),
+                          self.hp["balanced_lr_factor"], self.hp["balanced_batch_size"])
         self.stage_a = None
 
     def balanced_loss(self, batch: Batch) -> dict[str, Tensor]:

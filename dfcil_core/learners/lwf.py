@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dfcil_core.learners.api import Batch, Learner, Task
+from dfcil_core.learners.api import Batch, Task, TeacherLearner
 from dfcil_core.losses import kd_loss
 
 
-class LwF(Learner):
+class LwF(TeacherLearner):
     """L = CE(z over seen classes, y) + mu * KD_T(z, z_teacher; old classes) on every sample.
 
     The teacher is a frozen copy of the model as it stood at the start of the task."""
@@ -21,20 +20,9 @@ class LwF(Learner):
         "temperature": 2.0,  # run.py --temp default; no script overrides it (§0)
     }
 
-    teacher = None
-
     @classmethod
     def shared_main_stage(cls, task: Task) -> str | None:
         return "base" if task.index == 0 else None  # no teacher, no memory yet: plain CE (§7.3)
-
-    def begin_task(self, task: Task) -> None:
-        super().begin_task(task)
-        self.teacher = self.frozen_copy(self.model) if task.index > 0 else None
-
-    @torch.no_grad()
-    def teacher_logits(self, x: Tensor) -> Tensor:
-        """The teacher's logits over the old classes [0, n_old), eval mode (reference `generate_scores`)."""
-        return self.teacher(x)[:, : self.task.n_past_classes]
 
     def distill(self, z: Tensor, z_teacher: Tensor) -> Tensor:
         """KD over all old classes at once (reference `loss_fn_kd`, no T^2)."""
