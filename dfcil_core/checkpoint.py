@@ -10,8 +10,9 @@ While a job runs, each stage leaves
 Started again, the job replays the task from its beginning: a completed stage is skipped by loading
 its snapshot, the interrupted stage continues from its last checkpoint, and the code between stages
 runs again on exactly the state and random streams it saw the first time. The result equals an
-uninterrupted run bit for bit on the CPU. Checkpoints carry the task's fingerprint: one made with
-other settings is ignored (and replaced), never resumed.
+uninterrupted run bit for bit on the CPU. Checkpoints carry the task's fingerprint and the code digest:
+one made with other settings or other code is ignored (and replaced), never resumed. A shared node's
+snapshot is taken whatever code made it (the consuming task records that code's digest).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dfcil_core.provenance import code_digest
 
 _active: contextvars.ContextVar["Checkpointer | None"] = contextvars.ContextVar("checkpointer", default=None)
 
@@ -67,6 +70,7 @@ class Checkpointer:
         self.log = log
         self.next_ordinal = 0
         self.shared: dict[int, tuple[Path, str]] = {}
+        self.shared_digests: dict[int, str | None] = {}
         self._last_save = time.monotonic()
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -81,6 +85,9 @@ class Checkpointer:
         if state.get("fingerprint") != self.fingerprint:
             self.log(f"ignoring checkpoint {path}: it belongs to other settings")
             return None
+        if state.get("code_digest") != code_digest():
+            self.log(f"ignoring checkpoint {path}: it was made by other code ({state.get('code_digest')})")
+            return None
         return state
 
     def claim_ordinal(self) -> int:
@@ -93,23 +100,35 @@ class Checkpointer:
         `snapshot` (which must carry `fingerprint`) instead of training it again."""
         self.shared[ordinal] = (snapshot, fingerprint)
 
-    def _restore_shared(self, ordinal: int) -> dict:
+    def _restore_shared(self, ordinal: int) -> dict | None:
+        """The shared node's snapshot, or None when it is unreadable: like a damaged checkpoint, that only
+        costs the computation, which this job then does itself (it is the same computation)."""
         path, expected = self.shared[ordinal]
-        state = torch.load(path, map_location=self.learner.ctx.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.learner.ctx.device, weights_only=True)
+        except Exception as e:
+            self.log(f"shared stage {path} is unreadable ({e}); computing stage {ordinal} in this job")
+            del self.shared[ordinal]
+            return None
         if state.get("fingerprint") != expected:
             from dfcil_core.config import StateError
             raise StateError(f"shared stage {path} has fingerprint {state.get('fingerprint')}, "
                              f"this job expects {expected}: it was computed with other settings")
         self.learner.model.load_state_dict(state["learner"]["model"])
         set_rng_state(state["rng"])
+        self.shared_digests[ordinal] = state.get("code_digest")
         self.log(f"stage {ordinal} restored from the shared node {path}")
         return state
+
+    def shared_code_digest(self, ordinal: int) -> str | None:
+        """The code digest of the shared node stage `ordinal` came from; this job's own if it computed it."""
+        return self.shared_digests.get(ordinal, code_digest())
 
     def completed(self, ordinal: int) -> dict | None:
         """If stage `ordinal` finished in an earlier attempt or in a shared node: restore the state
         right after it."""
-        if ordinal in self.shared:
-            return self._restore_shared(ordinal)
+        if ordinal in self.shared and (state := self._restore_shared(ordinal)) is not None:
+            return state
         state = self._load(self.directory / f"stage{ordinal}.done.pt")
         if state is not None:
             self.learner.load_state_dict(state["learner"])
@@ -131,14 +150,14 @@ class Checkpointer:
         return time.monotonic() - self._last_save >= self.every_seconds
 
     def save_progress(self, ordinal: int, optimizer, epoch: int, counts: dict) -> None:
-        _save({"fingerprint": self.fingerprint, "learner": self.learner.state_dict(),
+        _save({"fingerprint": self.fingerprint, "code_digest": code_digest(), "learner": self.learner.state_dict(),
                "optimizer": optimizer.state_dict(), "rng": rng_state(), "epoch": epoch, **counts},
               self.directory / f"stage{ordinal}.pt")
         self._last_save = time.monotonic()
 
     def save_completed(self, ordinal: int, result: dict) -> None:
-        _save({"fingerprint": self.fingerprint, "learner": self.learner.state_dict(), "rng": rng_state(),
-               "result": result}, self.directory / f"stage{ordinal}.done.pt")
+        _save({"fingerprint": self.fingerprint, "code_digest": code_digest(), "learner": self.learner.state_dict(),
+               "rng": rng_state(), "result": result}, self.directory / f"stage{ordinal}.done.pt")
         (self.directory / f"stage{ordinal}.pt").unlink(missing_ok=True)
 
     def remove(self) -> None:

@@ -27,7 +27,8 @@ def cmd_train_task(a) -> None:
         torch.set_num_threads(a.threads)
     train_node(json.loads(a.settings), a.experiment, a.seed, a.task, Path(a.out),
                Path(a.parent) if a.parent else None, Path(a.data), a.device, a.checkpoint_minutes,
-               a.jobs_per_gpu, Path(a.shared_stage) if a.shared_stage else None, log=_log_to(a.log))
+               a.jobs_per_gpu, Path(a.shared_stage) if a.shared_stage else None, a.on_divergence,
+               log=_log_to(a.log))
 
 
 def cmd_train_shared(a) -> None:
@@ -35,7 +36,14 @@ def cmd_train_shared(a) -> None:
     from dfcil_core.run import train_shared_stage
     if a.threads:
         torch.set_num_threads(a.threads)
-    train_shared_stage(json.loads(a.recipe), a.seed, Path(a.out), Path(a.data), a.device, a.jobs_per_gpu)
+    train_shared_stage(json.loads(a.recipe), a.seed, Path(a.out), Path(a.data), a.device, a.checkpoint_minutes,
+                       a.jobs_per_gpu)
+
+
+def cmd_stale(a) -> None:
+    from dfcil_core.report import stale_results
+    for path, digests in stale_results(Path(a.results_dir)):
+        print(path if a.paths_only else f"{path}\t{', '.join(sorted(map(str, digests)))}")
 
 
 def cmd_prepare_data(a) -> None:
@@ -50,7 +58,7 @@ def cmd_summarize(a) -> None:
 
 def cmd_tables(a) -> None:
     from dfcil_core.report import experiment_table
-    experiment_table([Path(p) for p in a.summaries], Path(a.out_prefix))
+    experiment_table([Path(p) for p in a.summaries], Path(a.out_prefix), a.refuse_mixed_code)
 
 
 def cmd_mlflow_import(a) -> None:
@@ -61,7 +69,8 @@ def cmd_mlflow_import(a) -> None:
 
 def cmd_paper_tables(a) -> None:
     from dfcil_core.paper import paper_tables
-    paper_tables([Path(p) for p in a.summaries], a.dataset, a.tasks, a.methods, Path(a.out_dir))
+    paper_tables([Path(p) for p in a.summaries], a.dataset, a.tasks, a.methods, Path(a.out_dir),
+                 refuse_mixed_code=a.refuse_mixed_code)
 
 
 def cmd_paper_plot(a) -> None:
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs-per-gpu", type=int, default=1,
                    help="with several visible GPUs, how many jobs share one (each claims a slot)")
     p.add_argument("--shared-stage", help="stage0.done.pt of the shared node computing this task's main stage")
+    p.add_argument("--on-divergence", choices=["record", "fail"], default="record",
+                   help="a task whose network did not learn it: record it in the metrics, or fail the job")
     p.add_argument("--log", help="append progress lines to this file too")
     p.set_defaults(func=cmd_train_task)
 
@@ -116,8 +127,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="directory for stage0.done.pt")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument("--jobs-per-gpu", type=int, default=1)
     p.set_defaults(func=cmd_train_shared)
+
+    p = sub.add_parser("stale", help="task results made by other code than the installed package: one "
+                                     "metrics.json per line with the code digest(s) that made it")
+    p.add_argument("results_dir", nargs="?", default="results")
+    p.add_argument("--paths-only", action="store_true",
+                   help="only the paths (e.g. for snakemake --forcerun $(dfcil stale --paths-only))")
+    p.set_defaults(func=cmd_stale)
 
     p = sub.add_parser("prepare-data", help="read a dataset once into a compact array file")
     p.add_argument("--dataset", required=True, help="JSON of the dataset settings (name, root, download, ...)")
@@ -134,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("summaries", nargs="+", help="summary.json files of the experiment's runs")
     p.add_argument("--out-prefix", required=True, help="writes PREFIX/final_accuracy.{md,tex,csv} and "
                                                        "PREFIX/accuracy_curve.png")
+    p.add_argument("--refuse-mixed-code", action="store_true",
+                   help="fail when the runs come from different versions of the code (default: say so)")
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("mlflow-import", help="import run summaries into MLflow (idempotent)")
@@ -151,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", type=int, nargs="*", default=[], help="task counts to show as columns")
     p.add_argument("--methods", nargs="*", default=[], help="configured methods, in display order")
     p.add_argument("--out-dir", required=True, help="writes {no_coreset,coreset,extras}.{md,tex,csv,html} here")
+    p.add_argument("--refuse-mixed-code", action="store_true",
+                   help="fail when the runs come from different versions of the code (default: say so)")
     p.set_defaults(func=cmd_paper_tables)
 
     p = sub.add_parser("paper-plot", help="a figure of the paper tables (PNG and SVG)")
@@ -177,12 +200,15 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
-    from dfcil_core.config import ConfigError
+    from dfcil_core.config import ConfigError, Diverged
     try:
         args.func(args)
     except ConfigError as e:  # bad settings, data or parent state: a message, not a traceback
         print(f"dfcil {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as e:  # the task's network did not learn it and on_divergence is "fail"
+        print(f"dfcil {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

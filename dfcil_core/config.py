@@ -32,6 +32,11 @@ class StateError(ConfigError):
     """A saved state that cannot be used by the job asking for it (wrong fingerprint, method, corrupt)."""
 
 
+class Diverged(RuntimeError):
+    """A task's network did not learn the task, and the configuration says to fail the job
+    (`on_divergence: fail`)."""
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -144,14 +149,25 @@ def dataset_id(dataset: dict) -> str:
     return dataset["name"]
 
 
+# Settings a run reads with a default when the configuration omits them. `run_settings` writes them out,
+# so that what a job receives, what its fingerprint hashes and what Snakemake compares as the rule's params
+# is the whole of what decides its result: changing one of these defaults reruns the jobs it changes.
+MODEL_DEFAULTS = {"name": "resnet32", "blocks_per_stage": 5, "width": 16}
+TRAIN_DEFAULTS = {"precision": "fp32", "channels_last": False, "cuda_graphs": False}
+
+
 def run_settings(exp: dict, method: str) -> dict:
-    """Everything that determines one run's results (device and paths excluded).
+    """Everything that determines one run's results (device and paths excluded), defaults written out
+    (the method's own are added by `run.resolve`).
 
     This is what a training job receives, what its fingerprint hashes, and what MLflow logs as params."""
+    dataset = {k: v for k, v in exp["dataset"].items() if k not in ("root", "download")}
+    dataset.setdefault("class_order", class_order_family(dataset))
+    dataset.setdefault("top_k", 1)
     return {
-        "dataset": {k: v for k, v in exp["dataset"].items() if k not in ("root", "download")},
-        "model": exp["model"],
-        "train": exp["train"],
+        "dataset": dataset,
+        "model": {**MODEL_DEFAULTS, **exp["model"]},
+        "train": {**TRAIN_DEFAULTS, **exp["train"]},
         "first_split": exp["first_split"],
         "other_split": exp["other_split"],
         "max_tasks": exp.get("max_tasks"),
@@ -168,7 +184,8 @@ def canonical_json(obj) -> str:
 
 def fingerprint(settings: dict, seed: int, task: int, parent: str | None, identity: dict | None = None) -> str:
     """Hash of everything that determined a task's state: its settings, seed, index, its parent's hash
-    and `identity` (the dataset file's hash and the code version)."""
+    and `identity` (the prepared dataset's digest). The code is not part of it: results of other code are
+    recorded as such (`code_digest` in every task's metrics) and listed by `dfcil stale`, not refused."""
     payload = canonical_json({"settings": settings, "seed": seed, "task": task, "parent": parent,
                               "identity": identity})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

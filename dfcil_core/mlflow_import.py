@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfcil_core.config import ConfigError, canonical_json, dataset_id
-from dfcil_core.report import common_settings, flatten, mean_std, read_summary, write_text_atomically
+from dfcil_core.report import (UNRECORDED, common_settings, diverged_seeds, flatten, mean_std, read_summary,
+                               write_text_atomically)
 
 # Part of every content hash: bump it when what gets logged changes, so that the next import redoes all runs.
-IMPORT_FORMAT = 1
+IMPORT_FORMAT = 2  # 2: divergence and code-digest tags
 
 # MLflow's limits (mlflow.utils.validation): longer param values are refused, larger batches too.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -191,6 +192,17 @@ class RunIndex:
         return None
 
 
+def _trust_tags(summaries: list[dict]) -> dict[str, str]:
+    """What the table marks, as tags to filter on: diverged networks and the code that made the runs."""
+    diverged = diverged_seeds(summaries)
+    tags = {"diverged": str(bool(diverged)).lower(),
+            "code_digests": ",".join(sorted({d for s in summaries for d in s.get("code_digests") or [UNRECORDED]}))}
+    if diverged:
+        tags["diverged_tasks"] = "; ".join(f"seed {seed}: {', '.join(map(str, tasks))}"
+                                           for seed, tasks in diverged.items())
+    return tags
+
+
 def _create_run(client, experiment_id: str, name: str, tags: dict[str, str]) -> str:
     return client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
 
@@ -209,7 +221,8 @@ def _import_seed(client, experiment_id: str, run: SeedRun, parent_id: str, index
     run_id = _create_run(client, experiment_id, f"{summary['method']}-seed{summary['seed']}", {
         PARENT_RUN_TAG: parent_id, "run_key": run.run_key, "level": "seed",
         "experiment": summary["experiment"], "method": summary["method"], "seed": str(summary["seed"]),
-        "git_commit": str(summary.get("git_commit")), "fingerprint": summary["fingerprint"]})
+        "git_commit": str(summary.get("git_commit")), "fingerprint": summary["fingerprint"],
+        **_trust_tags([summary])})
     _log_batch(client, run_id, _seed_metrics(summary), _params(summary["settings"], seed=summary["seed"]))
     client.log_dict(run_id, {"orientation": "accuracy_matrix[j][i]: accuracy on task j after training task i",
                              "accuracy_matrix": summary["accuracy_matrix"]}, "accuracy_matrix.json")
@@ -244,7 +257,8 @@ def _import_method(client, experiment_id: str, experiment: str, method: str, run
     created = parent_id is None
     if created:
         parent_id = _create_run(client, experiment_id, method, {
-            "run_key": run_key, "level": "group", "experiment": experiment, "method": method})
+            "run_key": run_key, "level": "group", "experiment": experiment, "method": method,
+            **_trust_tags([run.summary for run in runs])})
         _log_batch(client, parent_id, _group_metrics(runs), _params(settings))
         if curve:
             client.log_artifact(parent_id, str(curve))

@@ -28,7 +28,8 @@ from statistics import fmean
 import yaml
 
 from dfcil_core.config import ConfigError, class_order_family, dataset_id, n_classes, run_settings
-from dfcil_core.report import (_LATEX_ESCAPES, common_settings, flatten, mean_std, read_summary,
+from dfcil_core.report import (_LATEX_ESCAPES, DIVERGED_MARK, DIVERGENCE_FOOTNOTE, check_code_versions, code_line,
+                               diverged_seeds, divergence_note, common_settings, flatten, mean_std, read_summary,
                                write_text_atomically)
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "published" / "abd_iccv2021.yaml"
@@ -265,7 +266,7 @@ def fmt_sigma(value: float | None, missing: str = DASH) -> str:
     return missing if value is None else f"{value:+.1f}σ"
 
 
-_TEX_EXTRA = {"×": r"$\times$", "Δ": r"$\Delta$", "σ": r"$\sigma$", "–": "--", "—": "---", "−": "-",
+_TEX_EXTRA = {"†": r"\dag{}", "×": r"$\times$", "Δ": r"$\Delta$", "σ": r"$\sigma$", "–": "--", "—": "---", "−": "-",
               "≤": r"$\leq$", "≥": r"$\geq$", "·": r"$\cdot$", "§": r"\S{}", "→": r"$\to$"}
 
 
@@ -410,6 +411,15 @@ def protocol_card(dataset: str, table: str | None, columns: dict[int, Column], p
     missing = [n for n, c in columns.items() if not c.cells]
     if missing:
         card.append(f"Not computed yet: {', '.join(map(str, missing))} tasks")
+    runs = [run for c in computed.values() for m, cell in c.cells.items() if m in methods for run in cell.runs]
+    diverged = [(n, m, diverged_seeds(cell.runs)) for n, c in computed.items() for m, cell in c.cells.items()
+                if m in methods and diverged_seeds(cell.runs)]
+    n_diverged = sum(len(seeds) for _, _, seeds in diverged)
+    card.append(f"Diverged runs: {n_diverged} of {len(runs)}" + (
+        f" ({DIVERGED_MARK} in the cells). " + DIVERGENCE_FOOTNOTE
+        + "; ".join(divergence_note(f"{label_of(m)}, {n} tasks", seeds) for n, m, seeds in diverged)
+        if diverged else ""))
+    card.append(code_line(runs, label_of))
     return card
 
 
@@ -432,6 +442,7 @@ def paper_rows(table: str, layout: dict, columns: dict[int, Column], published: 
             ours = cell.final if cell else None
             paper = published.get(table, row["method"], n)
             cells.append({"tasks": n, "ours": ours, "seeds": cell.seeds if cell else [],
+                          "diverged": diverged_seeds(cell.runs) if cell else {},
                           "expected_seeds": len(column.seeds), "published": paper,
                           "sigma": sigma_difference(ours[0], paper, min_std) if ours and paper else None})
         rows.append(PaperRow(row["method"], row["label"], cells))
@@ -442,6 +453,8 @@ def _ours_text(cell: dict) -> str:
     text = fmt(cell["ours"])
     if cell["ours"] and len(cell["seeds"]) < cell["expected_seeds"]:
         text += f" (n={len(cell['seeds'])})"
+    if cell["diverged"]:
+        text += f" {DIVERGED_MARK}"
     return text
 
 
@@ -563,10 +576,11 @@ def display_labels(methods) -> dict[str, str]:
 
 
 def paper_tables(summaries: list[Path], dataset: str, tasks: list[int], methods: list[str], out_dir: Path,
-                 published_file: Path = PUBLISHED_FILE, log=print) -> None:
+                 published_file: Path = PUBLISHED_FILE, refuse_mixed_code: bool = False, log=print) -> None:
     """Write out_dir/{no_coreset,coreset,extras}.{md,tex,csv,html} from the summaries that exist."""
     layout = load_published(published_file)
     runs, missing = read_existing(summaries)
+    check_code_versions(runs, refuse_mixed_code, f"paper tables of {dataset}")
     if missing:
         log(f"{len(missing)} of {len(summaries)} summaries not computed yet (their cells read '{DASH}'), "
             f"e.g. {missing[0]}")

@@ -154,11 +154,75 @@ def summarize_run(run_dir: Path, n_tasks: int, out: Path) -> dict:
         "device": last.get("device"),
         "git_commit": last.get("git_commit"),
         "class_order": last.get("class_order"),
+        # Tasks whose network did not learn them (trainer.current_task_fit), and the code that made the run.
+        "diverged_tasks": [r["task"] for r in records if r.get("diverged")],
+        "code_digests": sorted({d for r in records for d in task_code_digests(r)}),
         "settings": last["settings"],
         "tasks": [{k: v for k, v in r.items() if k != "settings"} for r in records],
     }
     write_text_atomically(out, json.dumps(summary, indent=1))
     return summary
+
+
+# --- what a reader must be told about a group of runs ---------------------------------------------------
+
+UNRECORDED = "unrecorded"  # a result written before code digests were recorded
+DIVERGED_MARK = "†"
+
+
+def diverged_seeds(runs: list[dict]) -> dict[int, list[int]]:
+    """seed -> the tasks at which its network diverged, for the runs that have any."""
+    return {run["seed"]: run["diverged_tasks"] for run in sorted(runs, key=lambda r: r["seed"])
+            if run.get("diverged_tasks")}
+
+
+def divergence_note(label: str, diverged: dict[int, list[int]]) -> str:
+    """e.g. 'LwF: seed 0 (task 4), seed 7 (tasks 3, 4)'."""
+    return f"{label}: " + ", ".join(
+        f"seed {seed} (task{'s' if len(tasks) > 1 else ''} {', '.join(map(str, tasks))})"
+        for seed, tasks in diverged.items())
+
+
+DIVERGENCE_FOOTNOTE = (f"{DIVERGED_MARK} The mean includes runs whose network diverged at a task (its loss on that "
+                       "task's own training images, over that task's classes, ended near chance or non-finite): ")
+
+
+def code_line(runs: list[dict], label_of=lambda method: method) -> str:
+    """Which code made the runs: one package digest, or each digest with the runs it made."""
+    by_digest: dict[str, list[str]] = {}
+    for run in sorted(runs, key=lambda r: (r["method"], r["seed"])):
+        for digest in run.get("code_digests") or [UNRECORDED]:
+            by_digest.setdefault(digest, []).append(f"{label_of(run['method'])} seed {run['seed']}")
+    if len(by_digest) == 1:
+        return f"Code: package digest {next(iter(by_digest))} (every run)."
+    return ("Code: MIXED, the runs come from different versions of the code (`dfcil stale` lists them): "
+            + "; ".join(f"{digest}: {', '.join(names)}" for digest, names in by_digest.items()) + ".")
+
+
+def check_code_versions(runs: list[dict], refuse_mixed: bool, what: str) -> None:
+    digests = {d for run in runs for d in run.get("code_digests") or [UNRECORDED]}
+    if refuse_mixed and len(digests) > 1:
+        raise ConfigError(f"{what}: the runs come from {len(digests)} versions of the code ({sorted(digests)}) and "
+                          "refuse_mixed_code is set; rerun the stale ones (`dfcil stale`)")
+
+
+def task_code_digests(record: dict) -> list[str]:
+    """The code that made one task: its job's, and that of the shared node its main stage came from."""
+    shared = record.get("shared_stage_code_digest")
+    return sorted({record.get("code_digest") or UNRECORDED, *([shared] if shared else [])})
+
+
+def stale_results(results_dir: Path) -> list[tuple[Path, list[str]]]:
+    """Every task's metrics.json under `results_dir` that was made (wholly or through a shared main stage)
+    by other code than the installed package, with the digest(s) that made it."""
+    from dfcil_core.provenance import code_digest
+    current = code_digest()
+    stale = []
+    for path in sorted(results_dir.glob(f"*/*/seed*/task*/{METRICS_FILE}")):
+        digests = task_code_digests(_read_json(path, "task metrics"))
+        if digests != [current]:
+            stale.append((path, digests))
+    return stale
 
 
 # --- one experiment -----------------------------------------------------------------------------------
@@ -213,6 +277,7 @@ class MethodRow:
     seeds: list[int]
     train_seconds_mean: float
     accuracy_global: list[tuple[float, float]]  # per task, for the curve
+    diverged: dict[int, list[int]]  # seed -> tasks at which its network diverged
 
 
 def method_row(method: str, runs: list[dict]) -> MethodRow:
@@ -227,6 +292,7 @@ def method_row(method: str, runs: list[dict]) -> MethodRow:
         seeds=sorted(run["seed"] for run in runs),
         train_seconds_mean=fmean(run["train_seconds_total"] for run in runs),
         accuracy_global=[mean_std(values) for values in zip(*(run["accuracy_global"] for run in runs))],
+        diverged=diverged_seeds(runs),
     )
 
 
@@ -250,20 +316,32 @@ TABLE_HEADER = ("Method", "Final accuracy (%)", "Avg. incremental accuracy (%)",
 
 
 def _table_cells(row: MethodRow) -> list[str]:
-    return [row.label, format_mean_std(row.final_accuracy), format_mean_std(row.average_incremental_accuracy),
-            format_mean_std(row.forgetting), str(len(row.seeds)), f"{row.train_seconds_mean:.1f}"]
+    mark = f" {DIVERGED_MARK}" if row.diverged else ""
+    return [row.label + mark, format_mean_std(row.final_accuracy) + mark,
+            format_mean_std(row.average_incremental_accuracy) + mark, format_mean_std(row.forgetting) + mark,
+            str(len(row.seeds)), f"{row.train_seconds_mean:.1f}"]
 
 
-def markdown_table(experiment: str, rows: list[MethodRow], protocol: str) -> str:
+def footnotes(rows: list[MethodRow], runs: list[dict]) -> list[str]:
+    """What the table's reader must know: diverged runs inside the means, and which code made the runs."""
+    notes = []
+    if any(row.diverged for row in rows):
+        notes.append(DIVERGENCE_FOOTNOTE + "; ".join(divergence_note(row.label, row.diverged)
+                                                    for row in rows if row.diverged) + ".")
+    return notes + [code_line(runs, display_label)]
+
+
+def markdown_table(experiment: str, rows: list[MethodRow], protocol: str, notes: list[str] = ()) -> str:
     lines = [f"# {experiment}: final accuracy", "",
              "| " + " | ".join(TABLE_HEADER) + " |",
              "|---|" + "---:|" * (len(TABLE_HEADER) - 1)]
     lines += ["| " + " | ".join(_table_cells(row)) + " |" for row in rows]
-    return "\n".join(lines + ["", protocol, ""])
+    return "\n".join(lines + ["", protocol, *(f"\n{note}" for note in notes), ""])
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+                  "†": r"\dag{}"}
 
 
 def latex_escape(text: str) -> str:
@@ -271,7 +349,7 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
 
 
-def latex_table(experiment: str, rows: list[MethodRow], protocol: str) -> str:
+def latex_table(experiment: str, rows: list[MethodRow], protocol: str, notes: list[str] = ()) -> str:
     def line(cells) -> str:
         return " & ".join(latex_escape(cell) for cell in cells) + r" \\"
 
@@ -279,7 +357,7 @@ def latex_table(experiment: str, rows: list[MethodRow], protocol: str) -> str:
     return "\n".join([
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{latex_escape(experiment)}. {latex_escape(protocol)}}}",
+        rf"\caption{{{latex_escape(experiment)}. {latex_escape(' '.join([protocol, *notes]))}}}",
         rf"\label{{tab:final-accuracy-{label}}}",
         r"\begin{tabular}{l" + "r" * (len(TABLE_HEADER) - 1) + "}",
         r"\toprule",
@@ -294,7 +372,7 @@ def latex_table(experiment: str, rows: list[MethodRow], protocol: str) -> str:
 
 
 CSV_COLUMNS = ("method", "label", "final_accuracy_mean", "final_accuracy_std", "aia_mean", "aia_std",
-               "forgetting_mean", "forgetting_std", "n_seeds", "seeds", "train_seconds_mean")
+               "forgetting_mean", "forgetting_std", "n_seeds", "seeds", "train_seconds_mean", "diverged_seeds")
 
 
 def csv_table(rows: list[MethodRow]) -> str:
@@ -305,7 +383,7 @@ def csv_table(rows: list[MethodRow]) -> str:
         forgetting_cells = row.forgetting if row.forgetting is not None else ("", "")
         writer.writerow([row.method, row.label, *row.final_accuracy, *row.average_incremental_accuracy,
                          *forgetting_cells, len(row.seeds), ";".join(str(s) for s in row.seeds),
-                         row.train_seconds_mean])
+                         row.train_seconds_mean, ";".join(str(s) for s in row.diverged)])
     return buffer.getvalue()
 
 
@@ -336,8 +414,10 @@ def plot_accuracy_curves(experiment: str, rows: list[MethodRow], out: Path) -> N
     _write_atomically(out, lambda tmp: figure.savefig(tmp, format="png", metadata={"Software": None}))
 
 
-def experiment_table(summaries: list[Path], out_prefix: Path) -> None:
-    """Write out_prefix/final_accuracy.{md,tex,csv} and out_prefix/accuracy_curve.png for one experiment."""
+def experiment_table(summaries: list[Path], out_prefix: Path, refuse_mixed_code: bool = False) -> None:
+    """Write out_prefix/final_accuracy.{md,tex,csv} and out_prefix/accuracy_curve.png for one experiment.
+    Cells that average a diverged run are marked, and the code versions are named (or, with
+    `refuse_mixed_code`, runs of several versions are refused)."""
     if not summaries:
         raise ConfigError("no run summaries given")
     runs = [read_summary(path) for path in summaries]
@@ -345,11 +425,13 @@ def experiment_table(summaries: list[Path], out_prefix: Path) -> None:
     if len(experiments) != 1:
         raise ConfigError(f"the summaries belong to several experiments {experiments}; tabulate each on its own")
     experiment = experiments[0]
+    check_code_versions(runs, refuse_mixed_code, f"experiment {experiment!r}")
     rows = [method_row(method, group) for method, group in group_by_method(runs).items()]
     seeds = sorted({run["seed"] for run in runs})
     protocol = protocol_line(runs[0]["settings"], runs[0]["n_tasks"], seeds)
+    notes = footnotes(rows, runs)
     out_prefix.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out_prefix / "final_accuracy.md", markdown_table(experiment, rows, protocol))
-    write_text_atomically(out_prefix / "final_accuracy.tex", latex_table(experiment, rows, protocol))
+    write_text_atomically(out_prefix / "final_accuracy.md", markdown_table(experiment, rows, protocol, notes))
+    write_text_atomically(out_prefix / "final_accuracy.tex", latex_table(experiment, rows, protocol, notes))
     write_text_atomically(out_prefix / "final_accuracy.csv", csv_table(rows))
     plot_accuracy_curves(experiment, rows, out_prefix / "accuracy_curve.png")

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from dfcil_core import __version__
-from dfcil_core.config import (ConfigError, StateError, deep_merge, differences, fingerprint, n_classes,
+from dfcil_core.config import (ConfigError, Diverged, StateError, deep_merge, differences, fingerprint, n_classes,
                                task_sizes)
 from dfcil_core.checkpoint import Checkpointer, checkpointing
-from dfcil_core.data import TrainData, load_prepared
+from dfcil_core.data import TrainData, load_prepared, prepared_digest
 from dfcil_core.devices import pick_device
 from dfcil_core.learners import learner_class, resolve_hyperparameters
 from dfcil_core.learners.api import Context, Task
 from dfcil_core.models.resnet import build_model
+from dfcil_core.provenance import code_digest, git_commit
 from dfcil_core.trainer import seed_everything, train_task
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.json"
+ON_DIVERGENCE = ("record", "fail")
 
 
 def resolve(settings: dict) -> tuple[dict, dict, dict]:
@@ -46,14 +45,6 @@ def fingerprints(settings: dict, seed: int, n: int, identity: dict) -> list[str]
         parent = fingerprint(settings, seed, t, parent, identity)
         chain.append(parent)
     return chain
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def atomic_write(path: Path, write) -> None:
@@ -81,15 +72,6 @@ def load_state(parent_dir: Path, expected_fp: str, provenance: dict, device: tor
         raise StateError(f"parent state {path} has fingerprint {state.get('fingerprint')} but this job expects "
                          f"{expected_fp}: it differs in {', '.join(changed)}; rerun its task first")
     return state
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def build(settings: dict, seed: int, device: str = "auto", data_file: Path | None = None,
@@ -124,30 +106,35 @@ def shared_recipe(settings: dict, task: Task) -> dict | None:
 
 
 def train_shared_stage(recipe: dict, seed: int, out_dir: Path, data_file: Path, device: str = "auto",
-                       jobs_per_gpu: int = 1, log=print) -> None:
+                       checkpoint_minutes: float = 10.0, jobs_per_gpu: int = 1, log=print) -> None:
     """Compute a shared main stage once: `out_dir/stage0.done.pt` holds the model and random streams
-    right after it, which the consuming task jobs restore instead of training."""
+    right after it, which the consuming task jobs restore instead of training. Progress is checkpointed
+    every `checkpoint_minutes` in `out_dir`, as a task job's is."""
     recipe, train, data, learner = build(recipe, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
-    identity = {"data": file_digest(data_file), "code": __version__}
     task = Task(0, 1, 0, recipe["first_split"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    with checkpointing(Checkpointer(out_dir, fingerprint(recipe, seed, 0, None, identity), learner, 600, log)):
+    fp = fingerprint(recipe, seed, 0, None, {"data": prepared_digest(data_file)})
+    with checkpointing(Checkpointer(out_dir, fp, learner, 60 * checkpoint_minutes, log)):
         train_task(learner, task, data, train, seed, log=log)
 
 
 def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
                parent_dir: Path | None, data_file: Path | None = None, device: str = "auto",
                checkpoint_minutes: float = 10.0, jobs_per_gpu: int = 1, shared_stage: Path | None = None,
-               log=print) -> dict:
+               on_divergence: str = "record", log=print) -> dict:
     """Run one (experiment, method, seed, task) node and write `state.pt` and `metrics.json` to out_dir.
 
     Progress is checkpointed to `<out_dir>.checkpoint/` every `checkpoint_minutes`; a job started again
-    after a kill resumes from there (when the fingerprint matches) and ends with the same result."""
+    after a kill resumes from there (when the fingerprint and the code match) and ends with the same result.
+    A task that diverged (`trainer.current_task_fit`) is recorded as such in its metrics, or with
+    `on_divergence="fail"` raises `Diverged` and writes nothing."""
+    if on_divergence not in ON_DIVERGENCE:
+        raise ConfigError(f"on_divergence must be one of {ON_DIVERGENCE}, got {on_divergence!r}")
     settings, train, data, learner = build(settings, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
     method, dev = settings["method"], data.device
     if not 0 <= task_index < data.n_tasks:
         raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
-    identity = {"data": file_digest(data_file) if data_file else None, "code": __version__}
+    identity = {"data": prepared_digest(data_file) if data_file else None}
     chain = fingerprints(settings, seed, task_index + 1, identity)
     if task_index > 0:
         if parent_dir is None:
@@ -170,6 +157,11 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     with checkpointing(checkpointer):
         metrics = train_task(learner, task, data, train, seed, log=log)
     wall = time.perf_counter() - wall
+    if metrics["diverged"] and on_divergence == "fail":
+        raise Diverged(f"{experiment}/{method}/seed{seed}/task{task_index} diverged: its current-task loss is "
+                       f"{metrics['current_task_loss']:.3f} (chance {metrics['current_task_chance_loss']:.3f}), "
+                       f"accuracy on its own training images {metrics['current_task_accuracy']:.1f}%; "
+                       "nothing was written (on_divergence: fail)")
     peak_mb = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
@@ -194,6 +186,9 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
         "settings": settings,
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "git_commit": git_commit(),
+        "code_digest": code_digest(),
+        # A main stage restored from a shared node was computed by the code that ran there.
+        "shared_stage_code_digest": checkpointer.shared_code_digest(0) if shared_stage is not None else None,
     }
     atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
     checkpointer.remove()

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+import torch.nn.functional as F
 
 from dfcil_core import checkpoint, fast
 from dfcil_core.learners.api import Batch, Learner, Task
@@ -110,9 +111,8 @@ def run_stage(stage: Stage, data) -> dict:
         samples += steps * (stage.batch_size if order is not None else 1)
         logged = stage.log_every_epochs and (epoch + 1) % stage.log_every_epochs == 0
         if logged or epoch == stage.epochs - 1:
-            last = {k: float(v) / steps for k, v in sums.items()}  # this epoch's mean of each term
-            if not all(math.isfinite(v) for v in last.values()):
-                raise FloatingPointError(f"stage {stage.name!r} epoch {epoch}: non-finite loss {last}")
+            # this epoch's mean of each term; a non-finite one is recorded, not raised (see `train_task`)
+            last = {k: float(v) / steps for k, v in sums.items()}
             stage.log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} "
                       + " ".join(f"{k}={v:.4f}" for k, v in last.items()))
         if ckpt and epoch + 1 < stage.epochs and ckpt.due():
@@ -158,6 +158,37 @@ def evaluate(learner: Learner, task: Task, data, batch_size: int = 1000, precisi
     return accuracies, sizes
 
 
+# A task "diverged" when, after it, the model fits its own training images no better than a constant
+# guess: the cross-entropy over the task's own logit block is at least this fraction of the chance level
+# ln(classes in the task), or not finite. A dead network sits at chance (e.g. 0.69 = ln 2 on a 2-class task);
+# a network that learned its task, even one that forgets older tasks, sits far below it.
+DIVERGENCE_FRACTION_OF_CHANCE = 0.8
+
+
+@torch.no_grad()
+def current_task_fit(learner: Learner, task: Task, data, batch_size: int = 1000) -> dict:
+    """How well the model, as evaluated (eval mode), fits the current task's training images without
+    augmentation, over the task's own logits only: whether it learned the task at all, whatever it forgot.
+    The same measure for every method, independent of how its loss is composed."""
+    learner.model.eval()
+    index = data.task_indices(task.index)
+    loss_sum = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device)
+    for start in range(0, len(index), batch_size):
+        chunk = index[start:start + batch_size]
+        x = data.plain_images(chunk, learner.normalize_inputs)
+        own = learner.logits(x)[:, task.n_past_classes:task.n_seen_classes].float()
+        y = data.train_y[chunk] - task.n_past_classes
+        loss_sum += F.cross_entropy(own, y, reduction="sum")
+        correct += (own.argmax(dim=1) == y).sum()
+    n_classes = task.n_seen_classes - task.n_past_classes
+    loss = float(loss_sum) / len(index)
+    chance = math.log(n_classes)
+    return {"current_task_loss": loss, "current_task_accuracy": 100.0 * float(correct) / len(index),
+            "current_task_chance_loss": chance,
+            "diverged": not math.isfinite(loss) or (n_classes > 1 and loss >= DIVERGENCE_FRACTION_OF_CHANCE * chance)}
+
+
 def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
                log: Callable[[str], None] = print) -> dict:
     """Train one task end to end and evaluate it. Returns the task's metrics (accuracy and timing)."""
@@ -183,6 +214,9 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
     end_task_seconds = time.perf_counter() - start
     accuracy, sizes = evaluate(learner, task, data, train.get("eval_batch_size", 1000),
                                switches["precision"], switches["channels_last"])
+    fit = current_task_fit(learner, task, data, train.get("eval_batch_size", 1000))
+    if not all(math.isfinite(v) for v in counts["losses"].values()):
+        fit["diverged"] = True
     train_seconds = counts["seconds"]
     return {
         "accuracy_per_task": accuracy,
@@ -193,4 +227,5 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
         "images_per_second": counts["samples"] / train_seconds if train_seconds > 0 else None,
         "end_task_seconds": end_task_seconds,
         "final_losses": counts["losses"],
+        **fit,
     }

@@ -32,13 +32,29 @@ def job_counts(output: str) -> dict:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, flags=re.M)}
 
 
+def training_jobs(counts: dict) -> int:
+    """Task jobs of every method (the generative methods' task jobs also write their sample grid)."""
+    return counts.get("train_task", 0) + counts.get("train_generative_task", 0)
+
+
+def planned_jobs(output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        wildcards = re.search(r"^\s*wildcards: (.*)$", block, flags=re.M)
+        if rule:
+            jobs.append((rule[1], dict(w.split("=", 1) for w in wildcards[1].split(", ")) if wildcards else {}))
+    return jobs
+
+
 def test_dry_run_default_config(tmp_path):
     demo = yaml.safe_load((REPO / "config/config.yaml").read_text())
     exp = {**demo["defaults"], **demo["experiments"]["mnist5k-5task"]}
     out = snakemake(tmp_path, "-n", configfile=REPO / "config/config.yaml")
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
-    assert counts["train_task"] == len(exp["methods"]) * len(exp["seeds"]) * 5
+    assert training_jobs(counts) == len(exp["methods"]) * len(exp["seeds"]) * 5
     assert counts["summarize_run"] == len(exp["methods"]) * len(exp["seeds"])
 
 
@@ -48,7 +64,7 @@ def test_long_coreset_layer_changes_the_schedule_and_writes_to_its_own_folder(tm
     out = snakemake(tmp_path, "-n", "-p",
                     configfile=[REPO / "config/config.yaml", REPO / "config/demo_long_coreset.yaml"])
     assert out.returncode == 0, out.stderr[-2000:]
-    assert job_counts(out.stdout)["train_task"] == 7 * 3 * 5
+    assert training_jobs(job_counts(out.stdout)) == 7 * 3 * 5
     outputs = re.findall(r"^\s*output: (.*)$", out.stdout, flags=re.M)
     assert outputs and all(path.startswith("results/long-coreset/") for line in outputs
                            for path in line.split(", ")), outputs[:3]
@@ -62,7 +78,7 @@ def test_dry_run_paper_config_lists_the_whole_grid(tmp_path):
     n_methods, n_seeds = len(paper["defaults"]["methods"]), len(paper["defaults"]["seeds"])
     out = snakemake(tmp_path, "-n", configfile=REPO / "config/paper/cifar100.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout)["train_task"] == n_methods * n_seeds * (5 + 10 + 20)
+    assert training_jobs(job_counts(out.stdout)) == n_methods * n_seeds * (5 + 10 + 20)
 
 
 def tiny_config(root, **overrides):
@@ -112,8 +128,8 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     assert (results / "report.html").stat().st_size > 0
     table = (results / "tiny" / "final_accuracy.md").read_text()
-    assert re.search(r"^\| Base \| \d+\.\d ± 0\.0 \|", table, flags=re.M)
-    assert re.search(r"^\| Naive Rehearsal \| \d+\.\d ± 0\.0 \|", table, flags=re.M)
+    assert re.search(r"^\| Base( †)? \| \d+\.\d ± 0\.0( †)? \|", table, flags=re.M)
+    assert re.search(r"^\| Naive Rehearsal( †)? \| \d+\.\d ± 0\.0( †)? \|", table, flags=re.M)
 
     import mlflow
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
@@ -137,12 +153,86 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
     dry = job_counts(snakemake(tmp_path, "-n", configfile=changed_path).stdout)
     assert dry["train_task"] == 2 and "train_shared_stage" not in dry  # naive_rehearsal's two tasks
 
+    # A changed method default (not a setting in the config) reruns exactly that method's task jobs.
+    patched = ("import sys; from dfcil_core.learners.naive_rehearsal import NaiveRehearsal; "
+               "NaiveRehearsal.defaults['replay_oversample'] = False; "
+               "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
+    out = subprocess.run([sys.executable, "-c", patched, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--cores", "2", "-n", "--configfile", str(config)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    trained = sorted((w["method"], w["task"]) for rule, w in planned_jobs(out.stdout)
+                     if rule in ("train_task", "train_generative_task", "train_shared_stage"))
+    assert trained == [("naive_rehearsal", "0"), ("naive_rehearsal", "1")], trained
+
+    # Results of other code: listed by `dfcil stale`, named in the table's card, or refused on request.
+    metrics_path = results / "tiny" / "base" / "seed0" / "task1" / "metrics.json"
+    stale = subprocess.run([str(BIN / "dfcil"), "stale", str(results)], capture_output=True, text=True)
+    assert stale.returncode == 0 and stale.stdout == "", stale.stdout + stale.stderr
+    record = json.loads(metrics_path.read_text())
+    record["code_digest"] = "0123456789abcdef"  # as if made by an older checkout
+    metrics_path.write_text(json.dumps(record))
+    stale = subprocess.run([str(BIN / "dfcil"), "stale", str(results)], capture_output=True, text=True)
+    assert stale.stdout.splitlines() == [f"{metrics_path}\t0123456789abcdef"], stale.stdout
+    refused = yaml.safe_load(config.read_text())
+    refused["refuse_mixed_code"] = True
+    refused_path = tmp_path / "refused.yaml"
+    refused_path.write_text(yaml.safe_dump(refused))
+    out = snakemake(tmp_path, configfile=refused_path)
+    assert out.returncode != 0
+    assert "refuse_mixed_code is set" in (results / "logs" / "tiny" / "experiment_table.log").read_text()
+    out = snakemake(tmp_path, configfile=config)  # the summaries are redone: the metrics changed
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = (results / "tiny" / "final_accuracy.md").read_text()
+    assert "Code: MIXED" in table and "0123456789abcdef: Base seed 0" in table, table
+    assert "Code: MIXED" in (results / "paper" / "cifar100" / "no_coreset.md").read_text()
+
     # A second import (forced) changes nothing in MLflow.
     forced = snakemake(tmp_path, "--forcerun", "import_mlflow", configfile=config)
     assert forced.returncode == 0, forced.stderr[-2000:]
     runs_after = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_id for r in runs_after) == sorted(r.info.run_id for r in runs)
-    assert len(client.get_metric_history(child.info.run_id, "accuracy_global")) == 2
+    base_runs = [r for r in runs_after if r.data.tags["method"] == "base"]
+    assert all(r.data.tags["code_digests"].startswith("0123456789abcdef,") for r in base_runs), base_runs
+    assert sorted(r.info.run_id for r in runs_after if r.data.tags["method"] != "base") == sorted(
+        r.info.run_id for r in runs if r.data.tags["method"] != "base")
+    assert len(runs_after) == len(runs)
+
+
+@pytest.mark.slow
+def test_a_dead_network_is_marked_in_tables_and_mlflow_or_fails_its_job(tmp_path):
+    """An absurd learning rate kills the network: its tasks are recorded as diverged, the table cells that
+    average them carry the marker and a footnote naming the seed, MLflow tags the runs; with
+    on_divergence: fail the job fails instead and writes nothing."""
+    write_cifar100(tmp_path / "data")
+    config = tiny_config(tmp_path, methods=["base"], train={
+        "epochs": 1, "lr": 1.0e6, "lr_milestones": [], "batch_size": 32, "momentum": 0.9, "weight_decay": 0.0})
+    out = snakemake(tmp_path, configfile=config)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = tmp_path / "results"
+    metrics = json.loads((results / "tiny/base/seed0/task1/metrics.json").read_text())
+    assert metrics["diverged"] is True
+    assert json.loads((results / "tiny/base/seed0/summary.json").read_text())["diverged_tasks"] == [0, 1]
+    table = (results / "tiny" / "final_accuracy.md").read_text()
+    assert re.search(r"^\| Base † \| \d+\.\d ± 0\.0 † \|", table, flags=re.M), table
+    assert "Base: seed 0 (tasks 0, 1)" in table
+    card = (results / "paper" / "cifar100" / "no_coreset.md").read_text()
+    assert "Diverged runs: 1 of 1" in card and " † |" in card
+
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert {r.data.tags["level"]: r.data.tags["diverged"] for r in runs} == {"group": "true", "seed": "true"}
+
+    failing = yaml.safe_load(config.read_text())
+    failing["on_divergence"] = "fail"
+    failing["results_dir"] = "failing"
+    failing_path = tmp_path / "failing.yaml"
+    failing_path.write_text(yaml.safe_dump(failing))
+    out = snakemake(tmp_path, configfile=failing_path)
+    assert out.returncode != 0
+    log = (tmp_path / "failing/logs/tiny/base/seed0/task0.log").read_text()
+    assert "diverged" in log and "on_divergence: fail" in log, log[-2000:]
+    assert not (tmp_path / "failing/tiny/base/seed0/task0/metrics.json").exists()
 
 
 @pytest.mark.slow
@@ -167,6 +257,9 @@ def test_interrupted_run_resumes_after_the_last_completed_task(tmp_path):
     (lambda c: c["defaults"].update(methods=["bic"], method_settings={"bic": {"memory_size": 10}}),
      "'bic': bic: memory_size 10 x holdout_fraction 0.1 leaves no held-out image"),
     (lambda c: c["defaults"]["dataset"].update(root="/nonexistent/cifar"), "/nonexistent/cifar/cifar-100-python"),
+    # a key the code reads, set neither in the experiment nor in `defaults`: named, not a KeyError traceback
+    (lambda c: c["experiments"]["tiny"].pop("first_split"), "experiment 'tiny': 'first_split' is a required property"),
+    (lambda c: c["defaults"]["train"].pop("momentum"), "experiment 'tiny' (train): 'momentum' is a required property"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, mutate, message):
     write_cifar100(tmp_path / "data")

@@ -21,8 +21,10 @@ rule experiment_table:
         tex=f"{RESULTS}/{{experiment}}/final_accuracy.tex",
         csv=f"{RESULTS}/{{experiment}}/final_accuracy.csv",
         curve=f"{RESULTS}/{{experiment}}/accuracy_curve.png",
+    params:
+        mixed_code=MIXED_CODE_FLAG,
     log:
         f"{RESULTS}/logs/{{experiment}}/experiment_table.log",
     localrule: True
     shell:
-        "dfcil tables {input} --out-prefix {RESULTS}/{wildcards.experiment} > {log} 2>&1"
+        "dfcil tables {input} --out-prefix {RESULTS}/{wildcards.experiment} {params.mixed_code} > {log} 2>&1"

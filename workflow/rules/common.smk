@@ -2,16 +2,32 @@ import hashlib
 import json
 from pathlib import Path
 
+import jsonschema
+import yaml
 from snakemake.exceptions import WorkflowError
 
 from dfcil_core import config as dfcil_config
+from dfcil_core import paper as dfcil_paper
 from dfcil_core.learners.api import Task
 from dfcil_core.run import resolve, shared_recipe
 
+# Tables name the code versions their runs come from; with refuse_mixed_code they fail on several instead.
+MIXED_CODE_FLAG = "--refuse-mixed-code" if config["refuse_mixed_code"] else ""
 RESULTS = config["results_dir"]  # "results" unless the configuration names another folder
 EXPERIMENTS = dfcil_config.experiments(config)
 N_TASKS = {}
 DATASETS = {}  # prepared-file id -> dataset settings
+# Every key the code reads must be set in the experiment or in `defaults`: checked after merging, so the
+# error names the experiment and the key instead of a KeyError deep in a job.
+_SCHEMA = yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
+_RESOLVED = jsonschema.Draft202012Validator({"$ref": "#/$defs/resolved_experiment", "$defs": _SCHEMA["$defs"]})
+for _name, _exp in EXPERIMENTS.items():
+    for _error in _RESOLVED.iter_errors(_exp):
+        _where = ".".join(map(str, _error.absolute_path))
+        raise WorkflowError(
+            f"experiment {_name!r}{' (' + _where + ')' if _where else ''}: {_error.message} "
+            "(set it in the experiment or in `defaults`)"
+        )
 for _name, _exp in EXPERIMENTS.items():
     # Bad settings fail here, naming the problem, before any job starts.
     try:
@@ -57,8 +73,10 @@ def prepared_data(wildcards):
 
 
 def train_settings(wildcards):
+    """The run's settings as the job resolves them (every default written out): a changed default changes
+    the params of exactly the jobs it affects, and Snakemake reruns those."""
     exp = EXPERIMENTS[wildcards.experiment]
-    return json.dumps(dfcil_config.run_settings(exp, wildcards.method), sort_keys=True)
+    return json.dumps(resolve(dfcil_config.run_settings(exp, wildcards.method))[0], sort_keys=True)
 
 
 def task_of(experiment, t):
@@ -112,6 +130,23 @@ def experiment_summaries(experiment):
         f"{run_dir(experiment, m, s)}/summary.json"
         for m in exp["methods"]
         for s in exp["seeds"]
+    ]
+
+
+def sample_grids(experiment, method, seed):
+    """The generator sample grids a generative method's run leaves (train_generative_task)."""
+    if method not in dfcil_paper.GENERATIVE_METHODS:
+        return []
+    return [f"{run_dir(experiment, method, seed)}/task{t}/samples.png" for t in range(N_TASKS[experiment])]
+
+
+def all_sample_grids(wildcards=None):
+    return [
+        f
+        for name, exp in EXPERIMENTS.items()
+        for m in exp["methods"]
+        for s in exp["seeds"]
+        for f in sample_grids(name, m, s)
     ]
 
 

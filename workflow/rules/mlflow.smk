@@ -3,6 +3,7 @@
 rule import_mlflow:
     input:
         summaries=all_summaries,
+        grids=all_sample_grids,
         curves=expand(f"{RESULTS}/{{experiment}}/accuracy_curve.png", experiment=EXPERIMENTS),
         paper=all_paper_figures,
     output:

@@ -6,8 +6,6 @@
 #   paper_samples  results/paper/{dataset}/samples_{n}tasks.{png,svg}  (only where a generative method runs)
 # Columns are the task counts of the dataset's configured experiments; a method that is not configured
 # reads "–". Experiments of one dataset and task count share a column only if their protocols are equal.
-from dfcil_core import paper as dfcil_paper
-
 if "paper" in EXPERIMENTS:
     raise WorkflowError("experiment name 'paper' is reserved: results/paper/ holds the paper tables")
 try:
@@ -78,12 +76,13 @@ rule paper_tables:
     params:
         tasks=lambda wildcards: " ".join(map(str, PAPER_SETS[wildcards.dataset].columns)),
         methods=lambda wildcards: " ".join(PAPER_SETS[wildcards.dataset].methods),
+        mixed_code=MIXED_CODE_FLAG,
     log:
         f"{RESULTS}/logs/paper/{{dataset}}/paper_tables.log",
     localrule: True
     shell:
         "dfcil paper-tables {input} --dataset {wildcards.dataset} --tasks {params.tasks}"
-        " --methods {params.methods} --out-dir {PAPER}/{wildcards.dataset} > {log} 2>&1"
+        " --methods {params.methods} --out-dir {PAPER}/{wildcards.dataset} {params.mixed_code} > {log} 2>&1"
 
 
 rule paper_curves:
@@ -131,11 +130,25 @@ rule paper_matrix:
         " --methods {wildcards.method} --out {output.png} > {log} 2>&1"
 
 
+def paper_sample_grids(wildcards):
+    """Every sample grid of the column's generative runs (plot_samples shows each method's lowest seed)."""
+    return [
+        f
+        for n, names in PAPER_SETS[wildcards.dataset].columns.items()
+        if n == int(wildcards.n)
+        for name in names
+        for m in EXPERIMENTS[name]["methods"]
+        for s in EXPERIMENTS[name]["seeds"]
+        for f in sample_grids(name, m, s)
+    ]
+
+
 rule paper_samples:
     input:
-        lambda wildcards: paper_summaries(
+        summaries=lambda wildcards: paper_summaries(
             wildcards.dataset, methods=dfcil_paper.GENERATIVE_METHODS, n_tasks=int(wildcards.n)
         ),
+        grids=paper_sample_grids,
     output:
         png=report(
             f"{PAPER}/{{dataset}}/samples_{{n}}tasks.png",
@@ -151,5 +164,5 @@ rule paper_samples:
         f"{RESULTS}/logs/paper/{{dataset}}/samples_{{n}}tasks.log",
     localrule: True
     shell:
-        "dfcil paper-plot samples {input} --dataset {wildcards.dataset} --tasks {wildcards.n}"
+        "dfcil paper-plot samples {input.summaries} --dataset {wildcards.dataset} --tasks {wildcards.n}"
         " --out {output.png} > {log} 2>&1"

@@ -25,7 +25,21 @@ rule train_task:
         # Read from config in the command, not params: they change how a job runs, not its result,
         # so changing them must not retrigger finished jobs.
         " --device {config[device]} --checkpoint-minutes {config[checkpoint_minutes]}"
-        " --jobs-per-gpu {config[jobs_per_gpu]} > {log} 2>&1"
+        " --jobs-per-gpu {config[jobs_per_gpu]} --on-divergence {config[on_divergence]} > {log} 2>&1"
+
+
+# The generative methods' task jobs also write the grid of generated samples that the paper figures and the
+# MLflow import read; otherwise the same job as train_task.
+use rule train_task as train_generative_task with:
+    output:
+        state=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/state.pt",
+        metrics=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/metrics.json",
+        samples=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/samples.png",
+    wildcard_constraints:
+        method="|".join(dfcil_paper.GENERATIVE_METHODS),
+
+
+ruleorder: train_generative_task > train_task
 
 
 rule train_shared_stage:
@@ -45,4 +59,5 @@ rule train_shared_stage:
     shell:
         "dfcil train-shared --recipe {params.recipe:q} --seed {wildcards.seed} --data {input.data}"
         " --out $(dirname {output}) --threads {threads} --device {config[device]}"
+        " --checkpoint-minutes {config[checkpoint_minutes]}"
         " --jobs-per-gpu {config[jobs_per_gpu]} > {log} 2>&1"
