@@ -156,18 +156,24 @@ MODEL_DEFAULTS = {"name": "resnet32", "blocks_per_stage": 5, "width": 16}
 TRAIN_DEFAULTS = {"precision": "fp32", "channels_last": False, "cuda_graphs": False}
 
 
+def with_defaults(settings: dict) -> dict:
+    """Run settings with every model, training and dataset default written out (idempotent)."""
+    dataset = dict(settings["dataset"])
+    dataset.setdefault("class_order", class_order_family(dataset))
+    dataset.setdefault("top_k", 1)
+    return {**settings, "dataset": dataset, "model": {**MODEL_DEFAULTS, **settings["model"]},
+            "train": {**TRAIN_DEFAULTS, **settings["train"]}}
+
+
 def run_settings(exp: dict, method: str) -> dict:
     """Everything that determines one run's results (device and paths excluded), defaults written out
     (the method's own are added by `run.resolve`).
 
     This is what a training job receives, what its fingerprint hashes, and what MLflow logs as params."""
-    dataset = {k: v for k, v in exp["dataset"].items() if k not in ("root", "download")}
-    dataset.setdefault("class_order", class_order_family(dataset))
-    dataset.setdefault("top_k", 1)
-    return {
-        "dataset": dataset,
-        "model": {**MODEL_DEFAULTS, **exp["model"]},
-        "train": {**TRAIN_DEFAULTS, **exp["train"]},
+    return with_defaults({
+        "dataset": {k: v for k, v in exp["dataset"].items() if k not in ("root", "download")},
+        "model": exp["model"],
+        "train": exp["train"],
         "first_split": exp["first_split"],
         "other_split": exp["other_split"],
         "max_tasks": exp.get("max_tasks"),
@@ -175,7 +181,7 @@ def run_settings(exp: dict, method: str) -> dict:
         "crop_padding": exp.get("crop_padding", 4),
         "method": method,
         "method_settings": (exp.get("method_settings") or {}).get(method, {}),
-    }
+    })
 
 
 def canonical_json(obj) -> str:

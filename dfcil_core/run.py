@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dfcil_core.config import (ConfigError, Diverged, StateError, deep_merge, differences, fingerprint, n_classes,
-                               task_sizes)
+                               task_sizes, with_defaults)
 from dfcil_core.checkpoint import Checkpointer, checkpointing
 from dfcil_core.data import TrainData, load_prepared, prepared_digest
 from dfcil_core.devices import pick_device
@@ -30,6 +30,7 @@ ON_DIVERGENCE = ("record", "fail")
 def resolve(settings: dict) -> tuple[dict, dict, dict]:
     """(settings with the method's resolved hyperparameters, hyperparameters, training settings).
     Raises ConfigError for an unknown method or setting, or hyperparameters its tasks cannot run with."""
+    settings = with_defaults(settings)
     hp = resolve_hyperparameters(settings["method"], settings.get("method_settings") or {})
     sizes = task_sizes(n_classes(settings["dataset"]), settings["first_split"], settings["other_split"],
                        settings.get("max_tasks"))

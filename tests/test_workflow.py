@@ -58,6 +58,21 @@ def test_dry_run_default_config(tmp_path):
     assert counts["summarize_run"] == len(exp["methods"]) * len(exp["seeds"])
 
 
+def test_every_file_a_rule_reads_is_some_rule_s_output(tmp_path):
+    """The sample grids the paper figure and the MLflow import read are declared outputs of the generative
+    methods' task jobs (no rule may read a file that Snakemake does not know how to make)."""
+    out = snakemake(tmp_path, "-n", configfile=REPO / "config/config.yaml")
+    assert out.returncode == 0, out.stderr[-2000:]
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout)
+    files = lambda block, kind: (re.search(rf"^\s*{kind}: (.*)$", block, flags=re.M) or [None, ""])[1].split(", ")
+    outputs = {f for block in blocks for f in files(block, "output")}
+    inputs = {f for block in blocks for f in files(block, "input") if f.startswith("results/")}
+    assert inputs <= outputs, sorted(inputs - outputs)[:5]
+    grids = {f for f in inputs if f.endswith("samples.png")}
+    assert "results/mnist5k-5task/abd/seed0/task4/samples.png" in grids
+    assert len(grids) == 4 * 3 * 5  # dgr, deep_inversion, lwf_synthetic, abd x 3 seeds x 5 tasks
+
+
 def test_long_coreset_layer_changes_the_schedule_and_writes_to_its_own_folder(tmp_path):
     """config/demo_long_coreset.yaml over the demo: 7 methods at 50 epochs and memory 2000, every artifact
     under results/long-coreset/ (the demo's results/ tables and paper columns stay the demo's)."""
