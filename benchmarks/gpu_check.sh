@@ -11,7 +11,8 @@
 #                    graphs-only fp32 and the full fast path -> OUTDIR/parity.json, parity_losses.png,
 #                    parity_accuracy.png, parity.log
 #   4. unit tests:   the CUDA-only tests of tests/test_fast_path.py -> OUTDIR/pytest.log
-# OUTDIR/summary.txt collects the key numbers and any step that failed.
+# OUTDIR/summary.txt collects the key numbers and any step that failed; the script exits non-zero and its last
+# line says FAILED when a step failed, including a parity run outside its tolerances (the parity step exits 1).
 # BENCH_ARGS / PARITY_ARGS are appended to the two commands (e.g. a CPU dry run of this script:
 #   BENCH_ARGS="--quick --device cpu --threads 1 --workloads base"
 #   PARITY_ARGS="--device cpu --threads 1 --methods base --epochs 1 --per-class 13").
@@ -44,7 +45,7 @@ step() {
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
     local rc=${PIPESTATUS[0]}
     if [ "$rc" -ne 0 ]; then
-        echo "!! $name exited with status $rc (124: timed out); see $name.log" | tee -a "$OUT/summary.txt"
+        echo "!! $name FAILED: exited with status $rc (124: timed out); see $name.log" | tee -a "$OUT/summary.txt"
         FAILED=1
     fi
 }
@@ -93,7 +94,11 @@ if (out / "parity.json").exists():
               f"main-stage img/s {['%.0f' % v for v in run['images_per_second']]}")
     for key, c in p["comparisons"].items():
         print(f"  parity {key:22s} max accuracy diff {c['max_accuracy_diff_points']:.2f} points, max epoch-loss "
-              f"diff {100 * c['max_loss_relative_diff']:.1f}% -> {'OK' if c['within_tolerance'] else 'OUTSIDE TOLERANCE'}")
+              f"diff {100 * c['max_loss_relative_diff']:.1f}% -> {'OK' if c['within_tolerance'] else 'FAILED: OUTSIDE TOLERANCE'}")
 EOF
-echo "gpu_check finished in ${SECONDS}s; outputs in $OUT"
+if [ "$FAILED" -ne 0 ]; then
+    echo "gpu_check FAILED (see the !! lines above) in ${SECONDS}s; outputs in $OUT" | tee -a "$OUT/summary.txt"
+else
+    echo "gpu_check passed in ${SECONDS}s; outputs in $OUT" | tee -a "$OUT/summary.txt"
+fi
 exit $FAILED

@@ -13,7 +13,8 @@ windows are timed between device synchronisations and the median window is repor
 
 `python -m dfcil_core.bench parity --out-dir D` trains Base and ABD for two tasks on generated, learnable
 images written in the CIFAR-100 python-pickle layout (read by the real `cifar100` loader), in each mode, and
-compares the loss curves and the accuracies (D/parity.json, D/parity_losses.png, D/parity_accuracy.png).
+compares the loss curves and the accuracies (D/parity.json, D/parity_losses.png, D/parity_accuracy.png);
+it exits with status 1 when a comparison is outside the tolerances (`PARITY_*`).
 `python -m dfcil_core.bench figures D` draws D/bench.png from D/bench.json.
 """
 
@@ -466,8 +467,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.threads:
             torch.set_num_threads(a.threads)
         report = run_parity(Path(a.out_dir), a.device, a.epochs, tuple(a.methods), a.power_iters, a.per_class)
-        if not report["all_within_tolerance"]:
-            print("parity: some comparisons are outside the tolerance (see parity.json)", file=sys.stderr)
+        if not report["all_within_tolerance"]:  # a failed check, for benchmarks/gpu_check.sh and any CI
+            sys.exit("parity: FAILED, some comparisons are outside the tolerance (see parity.json)")
     else:
         draw_bench(Path(a.out_dir) / "bench.json", Path(a.out_dir) / "bench.png")
 

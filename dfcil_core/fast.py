@@ -251,8 +251,12 @@ class GraphedRunner(StepRunner):
 
 def _make_capturable(opt: torch.optim.Optimizer) -> Callable[[], None]:
     """Optimizers with a step counter (Adam) keep it on the device when `capturable`; switch that on for the
-    stage and return what restores the optimizer's own setting (a learner may keep it across tasks)."""
-    groups = [g for g in opt.param_groups if "capturable" in g and not g["capturable"]]
+    stage and return what restores the optimizer's own setting (a learner may keep it across tasks).
+    Meanwhile `opt.state_dict()` reports the optimizer's own setting: a checkpoint saved during the stage
+    (of the optimizer, or of a learner holding it) resumes to what an uninterrupted stage continues with,
+    and the resumed stage's runner switches the flag on again and restores it at its end."""
+    switched = [i for i, g in enumerate(opt.param_groups) if "capturable" in g and not g["capturable"]]
+    groups = [opt.param_groups[i] for i in switched]
     for group in groups:
         group["capturable"] = True
         for p in group["params"]:
@@ -260,7 +264,20 @@ def _make_capturable(opt: torch.optim.Optimizer) -> Callable[[], None]:
             if isinstance(step, Tensor) and step.device != p.device:
                 opt.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
 
+    def own_setting(_, state_dict: dict) -> None:
+        # The packed groups are copies, the per-parameter states the optimizer's own dicts: replace those.
+        for i in switched:
+            packed = state_dict["param_groups"][i]
+            packed["capturable"] = False
+            for key in packed["params"]:
+                param_state = state_dict["state"].get(key, {})
+                if isinstance(param_state.get("step"), Tensor):
+                    state_dict["state"][key] = {**param_state, "step": param_state["step"].cpu()}
+
+    hook = opt.register_state_dict_post_hook(own_setting)
+
     def restore() -> None:
+        hook.remove()
         for group in groups:
             group["capturable"] = False
             for p in group["params"]:

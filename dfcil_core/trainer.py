@@ -88,6 +88,8 @@ def run_stage(stage: Stage, data) -> dict:
     ckpt = checkpoint.active()
     ordinal = ckpt.claim_ordinal() if ckpt else None
     if ckpt and (done := ckpt.completed(ordinal)) is not None:
+        if stage.channels_last:  # the layout the runner leaves the parameters in: later steps compute with it
+            fast.channels_last_(stage.params)
         return done["result"]
     opt = stage.opt or make_optimizer(stage)
     device = data.device

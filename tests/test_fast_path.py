@@ -369,6 +369,80 @@ def test_an_interrupted_graphed_stage_resumes_to_the_same_result(fake_graphs, tm
     assert resumed["final_losses"] == reference["final_losses"]
 
 
+class CpuAdam(torch.optim.Adam):
+    """Adam with its `capturable` flag, which the graphed runner switches on for its stage as on a GPU. The CPU
+    kernels refuse to run capturable, so each step runs with the flag off (on the CPU the same update)."""
+
+    def step(self, closure=None):
+        flags = [group["capturable"] for group in self.param_groups]
+        for group in self.param_groups:
+            group["capturable"] = False
+        try:
+            return super().step(closure)
+        finally:
+            for group, flag in zip(self.param_groups, flags):
+                group["capturable"] = flag
+
+
+class OneParameterLearner:
+    """What a Checkpointer saves and restores of a learner, for a stage over one parameter."""
+
+    ctx = VectorData  # the device checkpoints are loaded onto
+
+    def __init__(self, w):
+        self.w = w
+
+    def state_dict(self):
+        return {"w": self.w.detach().clone()}
+
+    def load_state_dict(self, state):
+        self.w.data.copy_(state["w"])
+
+
+def test_a_graphed_adam_stage_checkpoints_and_resumes_with_the_optimizers_own_capturable(fake_graphs, tmp_path):
+    """The progress checkpoint of a graphed stage holds the optimizer's own `capturable` (off), not the one the
+    runner switched on for the stage; a stage resumed from it ends as an uninterrupted one: same parameter, same
+    Adam state, `capturable` off again."""
+    from dfcil_core.checkpoint import Checkpointer, checkpointing
+    data = VectorData()
+
+    def adam_stage(log=QUIET):
+        w, stage = toy_stage(data, [], graphs=True, log=log)
+        stage.opt = CpuAdam(stage.params, lr=stage.lr)
+        return w, stage
+
+    def run(directory, w, stage, log=QUIET):
+        with checkpointing(Checkpointer(directory, "toy", OneParameterLearner(w), every_seconds=0, log=log)):
+            run_stage(stage, data)
+
+    torch.manual_seed(0)
+    w_ref, reference = adam_stage()
+    run(tmp_path / "reference", w_ref, reference)
+
+    def dies_at_epoch_3(msg):
+        if msg.startswith("[toy] epoch 3/4"):
+            raise Interrupt
+
+    torch.manual_seed(0)
+    w, stage = adam_stage(log=dies_at_epoch_3)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "resumed", w, stage)
+    assert stage.opt.param_groups[0]["capturable"] is True  # the runner's setting while the stage ran
+    saved = torch.load(tmp_path / "resumed" / "stage0.pt", weights_only=True)
+    assert saved["epoch"] == 2 and saved["optimizer"]["param_groups"][0]["capturable"] is False
+
+    w, stage = adam_stage()
+    lines: list[str] = []
+    run(tmp_path / "resumed", w, stage, log=lines.append)
+    assert lines == ["resuming stage 0 at epoch 2"]
+    assert fake_graphs[-1].events == ["warmup", "warmup", "warmup!", "capture"]  # the resumed stage is graphed
+    assert stage.opt.param_groups[0]["capturable"] is False
+    assert stage.opt.param_groups == [{**g, "params": [w]} for g in reference.opt.param_groups]
+    assert torch.equal(w, w_ref)
+    state, state_ref = stage.opt.state[w], reference.opt.state[w_ref]
+    assert state.keys() == state_ref.keys() and all(torch.equal(state[k], state_ref[k]) for k in state)
+
+
 # ---------------------------------------------------------------- real CUDA graphs (GPU machines only)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -14,8 +14,9 @@ class UpperBound(Learner):
 
     def stream_seed(self, task: Task, seed: int) -> int:
         # Derived from the classes trained on, not the task index, so that the 5-, 10- and 20-task
-        # splits of a seed compute identical UB models and share their nodes.
-        return seed * 100 + task.n_seen_classes
+        # splits of a seed compute identical UB models and share their nodes. n_seen_classes runs up to
+        # the dataset's class count, so a stride of one more than that keeps every (seed, classes) apart.
+        return seed * (self.ctx.n_classes + 1) + task.n_seen_classes
 
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
