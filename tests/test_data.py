@@ -94,3 +94,23 @@ def test_crop_keeps_pixels_and_zero_pads():
     out = augment(x, padding=4)
     zero_rows = (out == 0).all(dim=3).any(dim=(1, 2))
     assert zero_rows.any() and (~zero_rows).any(), "some crops are shifted into the padding, some not"
+
+
+def test_written_cifar_files_read_as_the_real_archive_by_torchvision(tmp_path, monkeypatch):
+    """`write_cifar` writes Python 2 strings, as the real archives: torchvision (and the reference code,
+    which reads with encoding="latin1") finds its str keys, our loader its bytes keys, the same arrays."""
+    import torchvision.datasets.cifar as tv_cifar
+    from dfcil_core.data import _cifar_arrays, write_cifar
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)  # only the md5 sums differ
+    rng = np.random.default_rng(3)
+    for k, cls in ((10, tv_cifar.CIFAR10), (100, tv_cifar.CIFAR100)):
+        x_train, x_test = (rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in (30, 12))
+        y_train, y_test = rng.integers(0, k, 30), rng.integers(0, k, 12)
+        root = tmp_path / str(k)
+        write_cifar(root, k, x_train, y_train, x_test, y_test)
+        for train, x, y in ((True, x_train, y_train), (False, x_test, y_test)):
+            theirs = cls(str(root), train=train)
+            assert np.array_equal(theirs.data, x) and theirs.targets == y.tolist()
+        ours = _cifar_arrays({"root": str(root)}, k)
+        for a, b in zip(ours, (x_train, y_train, x_test, y_test)):
+            assert np.array_equal(a, b)
