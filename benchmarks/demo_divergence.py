@@ -40,6 +40,9 @@ VARIANTS = {
     # At batch 32 the 10-seed workflow run still lost the last task of DGR (seed 8) and LwF-Synthetic (seeds 7, 8).
     "generative-lr0.02": {"method_settings": {m: {"train": {"lr": 0.02}} for m in ("dgr", "lwf_synthetic")}},
     "generative-lr0.1": {"method_settings": {m: {"train": {"lr": 0.1}} for m in ("dgr", "lwf_synthetic")}},
+    # The seeds that lost their last task (0, 7, 8) end on 9/6, 2/5 and 5/3: digits whose mirror images are close
+    # to each other (2 and 5 are mirrors), which the reference's flip (made for CIFAR) asks the network to confuse.
+    "no-flip": {"horizontal_flip": False},
 }
 
 

@@ -179,6 +179,7 @@ def run_settings(exp: dict, method: str) -> dict:
         "max_tasks": exp.get("max_tasks"),
         "augment": exp.get("augment", True),
         "crop_padding": exp.get("crop_padding", 4),
+        "horizontal_flip": exp.get("horizontal_flip", True),
         "method": method,
         "method_settings": (exp.get("method_settings") or {}).get(method, {}),
     })

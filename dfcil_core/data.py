@@ -363,10 +363,12 @@ def prepared_digest(path: Path) -> str:
 
 # ---------------------------------------------------------------- augmentation (per sample)
 
-def augment(x: Tensor, padding: int = 4, generator: torch.Generator | None = None) -> Tensor:
+def augment(x: Tensor, padding: int = 4, generator: torch.Generator | None = None,
+            horizontal_flip: bool = True) -> Tensor:
     """The reference's train transform on a float batch in [0, 1], (B, C, H, W), every draw per sample:
-    ColorJitter(brightness=63/255, contrast=0.8) in a random order, horizontal flip (p=0.5),
-    then a random crop after zero-padding by `padding` (4 in the reference, §1.5)."""
+    ColorJitter(brightness=63/255, contrast=0.8) in a random order, horizontal flip (p=0.5; `horizontal_flip`
+    false leaves it out, the flip's random draw included), then a random crop after zero-padding by `padding`
+    (4 in the reference, §1.5)."""
     b, c, h, w = x.shape
     dev = x.device
     rand = lambda *shape: torch.rand(*shape, device=dev, generator=generator)  # noqa: E731
@@ -383,8 +385,8 @@ def augment(x: Tensor, padding: int = 4, generator: torch.Generator | None = Non
 
     brightness_first = rand(b, 1, 1, 1) < 0.5  # torchvision draws the jitter order per call
     x = torch.where(brightness_first, adjust_contrast(adjust_brightness(x)), adjust_brightness(adjust_contrast(x)))
-    flip = rand(b, 1, 1, 1) < 0.5
-    x = torch.where(flip, x.flip(3), x)
+    if horizontal_flip:
+        x = torch.where(rand(b, 1, 1, 1) < 0.5, x.flip(3), x)
     padded = F.pad(x, (padding, padding, padding, padding))
     oy = (rand(b) * (2 * padding + 1)).long().clamp_max(2 * padding)
     ox = (rand(b) * (2 * padding + 1)).long().clamp_max(2 * padding)
@@ -402,13 +404,14 @@ class TrainData:
 
     def __init__(self, cfg: dict, seed: int, first_split: int, other_split: int,
                  device: torch.device, max_tasks: int | None = None, augment_train: bool = True,
-                 crop_padding: int = 4, arrays=None):
+                 crop_padding: int = 4, horizontal_flip: bool = True, arrays=None):
         """`arrays`: (x_train, y_train, x_test, y_test) already loaded (e.g. `load_prepared`);
         by default they are read through the dataset's loader."""
         self.info = dataset_info(cfg)
         self.device = device
         self.augment_train = augment_train
         self.crop_padding = crop_padding
+        self.horizontal_flip = horizontal_flip
         x_train, y_train, x_test, y_test = load_arrays(cfg) if arrays is None else arrays
         k = self.info.n_classes
         for name, y in (("train", y_train), ("test", y_test)):
@@ -465,7 +468,7 @@ class TrainData:
     def train_batch(self, index: Tensor, normalize: bool = True) -> Batch:
         x = self.train_x[index].float() / 255
         if self.augment_train:
-            x = augment(x, self.crop_padding)
+            x = augment(x, self.crop_padding, horizontal_flip=self.horizontal_flip)
         return Batch(x=self.normalize(x, normalize), y=self.train_y[index], index=index)
 
     def plain_images(self, index: Tensor, normalize: bool = True) -> Tensor:

@@ -369,10 +369,10 @@ def protocol_card(dataset: str, table: str | None, columns: dict[int, Column], p
         f"Training per task: {value('train.epochs')} epochs, batch size {value('train.batch_size')}, "
         f"SGD lr {value('train.lr')} (x0.1 at epochs {value('train.lr_milestones')}), momentum "
         f"{value('train.momentum')}, weight decay {value('train.weight_decay')}; augmentation "
-        f"{value('augment')} (crop padding {value('crop_padding')})",
+        f"{value('augment')} (crop padding {value('crop_padding')}, horizontal flip {value('horizontal_flip')})",
     ]
     other = [k for k in any_settings if k.split(".", 1)[0] not in ("dataset", "model", "train") and k not in (
-        "first_split", "other_split", "max_tasks", "augment", "crop_padding")]
+        "first_split", "other_split", "max_tasks", "augment", "crop_padding", "horizontal_flip")]
     other += [k for k in any_settings if k.startswith("train.") and k not in (
         "train.epochs", "train.batch_size", "train.lr", "train.lr_milestones", "train.momentum",
         "train.weight_decay")]

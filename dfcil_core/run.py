@@ -84,6 +84,7 @@ def build(settings: dict, seed: int, device: str = "auto", data_file: Path | Non
     data = TrainData({**settings["dataset"], "root": data_root}, seed,
                      settings["first_split"], settings["other_split"], dev, settings.get("max_tasks"),
                      settings.get("augment", True), settings.get("crop_padding", 4),
+                     settings.get("horizontal_flip", True),
                      arrays=load_prepared(data_file) if data_file else None)
     info = data.info
     ctx = Context(data=data, train=train, n_classes=info.n_classes, device=dev, seed=seed,
@@ -102,6 +103,7 @@ def shared_recipe(settings: dict, task: Task) -> dict | None:
         return None
     return {"dataset": settings["dataset"], "model": settings["model"], "train": train,
             "augment": settings.get("augment", True), "crop_padding": settings.get("crop_padding", 4),
+            "horizontal_flip": settings.get("horizontal_flip", True),
             "first_split": task.n_seen_classes, "other_split": 1, "max_tasks": 1,
             "method": learner_id, "method_settings": {}}
 

@@ -114,3 +114,14 @@ def test_written_cifar_files_read_as_the_real_archive_by_torchvision(tmp_path, m
         ours = _cifar_arrays({"root": str(root)}, k)
         for a, b in zip(ours, (x_train, y_train, x_test, y_test)):
             assert np.array_equal(a, b)
+
+
+def test_horizontal_flip_can_be_left_out_of_the_augmentation():
+    """`horizontal_flip: false` (the digit demo) keeps every image's orientation; the default flips about half."""
+    x = torch.zeros(256, 1, 8, 8)
+    x[:, :, :, :2] = 1.0  # a bright stripe on the left edge only
+    left = lambda batch: (batch[..., :4].sum(dim=(1, 2, 3)) > batch[..., 4:].sum(dim=(1, 2, 3)))  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert left(augment(x, padding=0, generator=gen(), horizontal_flip=False)).all()
+    flipped = (~left(augment(x, padding=0, generator=gen()))).float().mean()
+    assert 0.35 < flipped < 0.65

@@ -109,6 +109,7 @@ def our_settings(method: str) -> dict:
             "train": {"epochs": p["epochs"], "lr": p["lr"], "lr_milestones": [], "batch_size": p["batch_size"],
                       "momentum": p["momentum"], "weight_decay": p["weight_decay"]},
             "first_split": p["first_split"], "other_split": p["other_split"], "augment": True, "crop_padding": 4,
+            "horizontal_flip": True,
             "method": method, "method_settings": METHODS[method][1]}
 
 
