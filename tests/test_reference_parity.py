@@ -31,6 +31,11 @@ c = torch.randn(2, 2, device=torch.device("cuda"))
 assert {{t.device.type for t in (a, b, c, m.weight)}} == {{"cpu"}}, "not on the CPU"
 assert b.dtype == torch.float64
 torch.cuda.set_device(0); torch.cuda.empty_cache()
+total = torch.zeros((1,), requires_grad=True).cuda()  # as the reference's kd.py: a non-leaf, then +=
+w = torch.ones(2, requires_grad=True)
+total += (2 * w).sum()
+total.backward()
+assert w.grad.tolist() == [2.0, 2.0]
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

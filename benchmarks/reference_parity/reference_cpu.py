@@ -45,8 +45,15 @@ def _to_without_cuda(to):
     return wrapped
 
 
+def _tensor_cuda(self, *args, **kwargs):
+    """On a GPU, `.cuda()` of a CPU tensor is a copy; of a leaf that requires grad it is a non-leaf the
+    reference then updates in place (`torch.zeros(1, requires_grad=True).cuda()` then `+=`). Returning the leaf
+    itself would make that in-place update an error, so such a leaf gets a differentiable copy."""
+    return self.clone() if self.requires_grad and self.is_leaf else self
+
+
 def install() -> None:
-    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.Tensor.cuda = _tensor_cuda
     torch.nn.Module.cuda = lambda self, *a, **k: self
     torch.cuda.set_device = lambda *a, **k: None
     torch.cuda.empty_cache = lambda: None
