@@ -154,14 +154,16 @@ def dataset_id(dataset: dict) -> str:
 # is the whole of what decides its result: changing one of these defaults reruns the jobs it changes.
 MODEL_DEFAULTS = {"name": "resnet32", "blocks_per_stage": 5, "width": 16}
 TRAIN_DEFAULTS = {"precision": "fp32", "channels_last": False, "cuda_graphs": False}
+# The reference's train transform: jitter, horizontal flip, random crop after 4 pixels of zero padding.
+AUGMENT_DEFAULTS = {"augment": True, "crop_padding": 4, "horizontal_flip": True}
 
 
 def with_defaults(settings: dict) -> dict:
-    """Run settings with every model, training and dataset default written out (idempotent)."""
+    """Run settings with every model, training, augmentation and dataset default written out (idempotent)."""
     dataset = dict(settings["dataset"])
     dataset.setdefault("class_order", class_order_family(dataset))
     dataset.setdefault("top_k", 1)
-    return {**settings, "dataset": dataset, "model": {**MODEL_DEFAULTS, **settings["model"]},
+    return {**AUGMENT_DEFAULTS, **settings, "dataset": dataset, "model": {**MODEL_DEFAULTS, **settings["model"]},
             "train": {**TRAIN_DEFAULTS, **settings["train"]}}
 
 
@@ -177,9 +179,7 @@ def run_settings(exp: dict, method: str) -> dict:
         "first_split": exp["first_split"],
         "other_split": exp["other_split"],
         "max_tasks": exp.get("max_tasks"),
-        "augment": exp.get("augment", True),
-        "crop_padding": exp.get("crop_padding", 4),
-        "horizontal_flip": exp.get("horizontal_flip", True),
+        **{k: exp[k] for k in AUGMENT_DEFAULTS if k in exp},
         "method": method,
         "method_settings": (exp.get("method_settings") or {}).get(method, {}),
     })

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dfcil_core.config import (ConfigError, Diverged, StateError, deep_merge, differences, fingerprint, n_classes,
+from dfcil_core.config import (AUGMENT_DEFAULTS, ConfigError, Diverged, StateError, deep_merge, differences, fingerprint, n_classes,
                                task_sizes, with_defaults)
 from dfcil_core.checkpoint import Checkpointer, checkpointing
 from dfcil_core.data import TrainData, load_prepared, prepared_digest
@@ -83,8 +83,7 @@ def build(settings: dict, seed: int, device: str = "auto", data_file: Path | Non
     dev = pick_device(device, jobs_per_gpu)
     data = TrainData({**settings["dataset"], "root": data_root}, seed,
                      settings["first_split"], settings["other_split"], dev, settings.get("max_tasks"),
-                     settings.get("augment", True), settings.get("crop_padding", 4),
-                     settings.get("horizontal_flip", True),
+                     settings["augment"], settings["crop_padding"], settings["horizontal_flip"],
                      arrays=load_prepared(data_file) if data_file else None)
     info = data.info
     ctx = Context(data=data, train=train, n_classes=info.n_classes, device=dev, seed=seed,
@@ -102,8 +101,7 @@ def shared_recipe(settings: dict, task: Task) -> dict | None:
     if learner_id is None:
         return None
     return {"dataset": settings["dataset"], "model": settings["model"], "train": train,
-            "augment": settings.get("augment", True), "crop_padding": settings.get("crop_padding", 4),
-            "horizontal_flip": settings.get("horizontal_flip", True),
+            **{k: settings[k] for k in AUGMENT_DEFAULTS},
             "first_split": task.n_seen_classes, "other_split": 1, "max_tasks": 1,
             "method": learner_id, "method_settings": {}}
 

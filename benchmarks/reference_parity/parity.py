@@ -13,7 +13,7 @@ on the CPU through `reference_cpu.py` (a shim outside its files).
 
 Each (implementation, method) is one process (seeds 0..N-1 in it, as the reference's `--repeat`), `--jobs` at
 a time with one thread each; its result lands in OUT/runs/<side>/<method>.json and is reused by a later call
-(delete it to rerun). The table (final accuracy mean +- std over seeds, each task's accuracy after the last
+(delete it to rerun). The table (final accuracy mean +- population std over seeds, each task's accuracy after the last
 task, and whether ours is within max(std of the reference, 3 points) of the reference) is printed and
 written to OUT/parity.md and OUT/parity.json.
 """
@@ -76,9 +76,9 @@ TOLERANCE_POINTS = 3.0
 
 def write_data(root: Path) -> Path:
     """mnist5k as 32x32x3 CIFAR-10 files under root (once)."""
-    from dfcil_core.data import _mnist5k_arrays, write_cifar
+    from dfcil_core.data import load_arrays, write_cifar
     if not (root / "cifar-10-batches-py" / "test_batch").is_file():
-        x_train, y_train, x_test, y_test = _mnist5k_arrays({})
+        x_train, y_train, x_test, y_test = load_arrays({"name": "mnist5k"})
         rgb = lambda x: np.repeat(x, 3, axis=3)  # noqa: E731  (N, 32, 32, 1) -> (N, 32, 32, 3)
         write_cifar(root, 10, rgb(x_train), y_train, rgb(x_test), y_test)
     return root
@@ -153,11 +153,9 @@ def run_one(side: str, method: str, args) -> dict:
     return record
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def table(records: dict, methods: list[str]) -> tuple[str, list[dict]]:
+    """Mean and population std over seeds, as every table of the project reports them."""
+    from dfcil_core.report import mean_std
     rows, lines = [], ["| method | reference | ours | difference | tolerance | within | reference, each task after the last"
                        " (mean) | ours, each task after the last (mean) |", "|---|---:|---:|---:|---:|:-:|---|---|"]
     for method in methods:
