@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import os
 import random
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -56,6 +58,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # a checkpoint folder removed under a running job is remade
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a checkpoint killed while being written is never seen
@@ -175,3 +178,30 @@ def checkpointing(checkpointer: Checkpointer | None):
         yield checkpointer
     finally:
         _active.reset(token)
+
+
+def lock_path(out_dir: Path) -> Path:
+    """The lock file of the job that writes `out_dir` (beside it, hidden, never a rule's output)."""
+    return out_dir.with_name(f".{out_dir.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, log=print):
+    """Hold `lock` (flock) for the block: one job at a time trains a task. A second job of the same task, e.g. the
+    one a restarted Snakemake submits while the job of its killed predecessor still runs on the cluster, waits
+    here instead of training beside it (and deleting its checkpoints). The lock ends with the process, so a
+    killed job never leaves it held; the file stays (removing it would let two jobs lock two different files)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            log(f"another job ({handle.read().strip() or 'unknown'}) holds {lock}; waiting for it to end")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log(f"{lock} is free")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield

@@ -13,7 +13,7 @@ import torch
 
 from dfcil_core.config import (AUGMENT_DEFAULTS, ConfigError, Diverged, StateError, deep_merge, differences, fingerprint, n_classes,
                                task_sizes, with_defaults)
-from dfcil_core.checkpoint import Checkpointer, checkpointing
+from dfcil_core.checkpoint import Checkpointer, checkpointing, exclusive, lock_path
 from dfcil_core.data import TrainData, load_prepared, prepared_digest
 from dfcil_core.devices import pick_device
 from dfcil_core.learners import learner_class, resolve_hyperparameters
@@ -111,12 +111,24 @@ def train_shared_stage(recipe: dict, seed: int, out_dir: Path, data_file: Path, 
     """Compute a shared main stage once: `out_dir/stage0.done.pt` holds the model and random streams
     right after it, which the consuming task jobs restore instead of training. Progress is checkpointed
     every `checkpoint_minutes` in `out_dir`, as a task job's is."""
-    recipe, train, data, learner = build(recipe, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
-    task = Task(0, 1, 0, recipe["first_split"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(recipe, seed, 0, None, {"data": prepared_digest(data_file)})
-    with checkpointing(Checkpointer(out_dir, fp, learner, 60 * checkpoint_minutes, log)):
-        train_task(learner, task, data, train, seed, log=log)
+    with exclusive(lock_path(out_dir), log):  # a duplicate job waits, then finds the snapshot and restores it
+        recipe, train, data, learner = build(recipe, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
+        task = Task(0, 1, 0, recipe["first_split"])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fp = fingerprint(recipe, seed, 0, None, {"data": prepared_digest(data_file)})
+        with checkpointing(Checkpointer(out_dir, fp, learner, 60 * checkpoint_minutes, log)):
+            train_task(learner, task, data, train, seed, log=log)
+
+
+def finished_record(out_dir: Path, expected_fp: str) -> dict | None:
+    """The metrics of a task already written by this code with this fingerprint, or None."""
+    try:
+        record = json.loads((out_dir / METRICS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    complete = (out_dir / STATE_FILE).is_file()
+    return record if complete and record.get("fingerprint") == expected_fp and \
+        record.get("code_digest") == code_digest() else None
 
 
 def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_dir: Path,
@@ -128,74 +140,82 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
     Progress is checkpointed to `<out_dir>.checkpoint/` every `checkpoint_minutes`; a job started again
     after a kill resumes from there (when the fingerprint and the code match) and ends with the same result.
     A task that diverged (`trainer.current_task_fit`) is recorded as such in its metrics, or with
-    `on_divergence="fail"` raises `Diverged` and writes nothing."""
+    `on_divergence="fail"` raises `Diverged` and writes nothing.
+
+    One job at a time runs a task (`checkpoint.exclusive`): a second one waits, and if the first wrote the
+    task's results (same fingerprint, same code) it returns them without training."""
     if on_divergence not in ON_DIVERGENCE:
         raise ConfigError(f"on_divergence must be one of {ON_DIVERGENCE}, got {on_divergence!r}")
-    settings, train, data, learner = build(settings, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
-    method, dev = settings["method"], data.device
-    if not 0 <= task_index < data.n_tasks:
-        raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
     identity = {"data": prepared_digest(data_file) if data_file else None}
-    chain = fingerprints(settings, seed, task_index + 1, identity)
-    if task_index > 0:
-        if parent_dir is None:
-            raise StateError(f"task {task_index} needs the state of task {task_index - 1}")
-        parent_provenance = {"settings": settings, "seed": seed, "task": task_index - 1, "identity": identity}
-        learner.load_state_dict(load_state(parent_dir, chain[task_index - 1], parent_provenance, dev)["learner"])
-    task = Task(task_index, data.n_tasks, data.bounds[task_index], data.bounds[task_index + 1])
+    chain = fingerprints(resolve(settings)[0], seed, task_index + 1, identity)
+    with exclusive(lock_path(out_dir), log):
+        if (finished := finished_record(out_dir, chain[-1])) is not None:
+            log(f"{out_dir} was written by another job of this task (fingerprint {chain[-1]}, this code); "
+                "nothing to do")
+            return finished
+        settings, train, data, learner = build(settings, seed, device, data_file, jobs_per_gpu=jobs_per_gpu)
+        method, dev = settings["method"], data.device
+        if not 0 <= task_index < data.n_tasks:
+            raise ConfigError(f"task {task_index} does not exist: the experiment has {data.n_tasks} tasks")
+        if task_index > 0:
+            if parent_dir is None:
+                raise StateError(f"task {task_index} needs the state of task {task_index - 1}")
+            parent_provenance = {"settings": settings, "seed": seed, "task": task_index - 1, "identity": identity}
+            learner.load_state_dict(load_state(parent_dir, chain[task_index - 1], parent_provenance, dev)["learner"])
+        task = Task(task_index, data.n_tasks, data.bounds[task_index], data.bounds[task_index + 1])
 
-    log(f"{experiment}/{method}/seed{seed}/task{task_index}: {len(data.task_classes(task_index))} new classes, "
-        f"{task.n_seen_classes} seen, device {dev}, fingerprint {chain[-1]}")
-    wall = time.perf_counter()
-    checkpointer = Checkpointer(out_dir.with_name(out_dir.name + ".checkpoint"), chain[-1], learner,
-                                60 * checkpoint_minutes, log)
-    if shared_stage is not None:
-        recipe = shared_recipe(settings, task)
-        if recipe is None:
-            raise ConfigError(f"method {method!r} computes task {task_index}'s main stage itself; "
-                              "it cannot take a shared stage")
-        checkpointer.use_shared(0, shared_stage, fingerprint(recipe, seed, 0, None, identity))
-    with checkpointing(checkpointer):
-        metrics = train_task(learner, task, data, train, seed, log=log)
-    wall = time.perf_counter() - wall
-    if metrics["diverged"] and on_divergence == "fail":
-        raise Diverged(f"{experiment}/{method}/seed{seed}/task{task_index} diverged: its current-task loss is "
-                       f"{metrics['current_task_loss']:.3f} (chance {metrics['current_task_chance_loss']:.3f}), "
-                       f"accuracy on its own training images {metrics['current_task_accuracy']:.1f}%; "
-                       "nothing was written (on_divergence: fail)")
-    peak_mb = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+        log(f"{experiment}/{method}/seed{seed}/task{task_index}: {len(data.task_classes(task_index))} new classes, "
+            f"{task.n_seen_classes} seen, device {dev}, fingerprint {chain[-1]}")
+        wall = time.perf_counter()
+        checkpointer = Checkpointer(out_dir.with_name(out_dir.name + ".checkpoint"), chain[-1], learner,
+                                    60 * checkpoint_minutes, log)
+        if shared_stage is not None:
+            recipe = shared_recipe(settings, task)
+            if recipe is None:
+                raise ConfigError(f"method {method!r} computes task {task_index}'s main stage itself; "
+                                  "it cannot take a shared stage")
+            checkpointer.use_shared(0, shared_stage, fingerprint(recipe, seed, 0, None, identity))
+        with checkpointing(checkpointer):
+            metrics = train_task(learner, task, data, train, seed, log=log)
+        wall = time.perf_counter() - wall
+        if metrics["diverged"] and on_divergence == "fail":
+            raise Diverged(f"{experiment}/{method}/seed{seed}/task{task_index} diverged: its current-task loss is "
+                           f"{metrics['current_task_loss']:.3f} (chance {metrics['current_task_chance_loss']:.3f}), "
+                           f"accuracy on its own training images {metrics['current_task_accuracy']:.1f}%; "
+                           "nothing was written (on_divergence: fail)")
+        peak_mb = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / STATE_FILE, lambda p: torch.save(
-        {"fingerprint": chain[-1], "method": method, "seed": seed, "task": task_index,
-         "provenance": {"settings": settings, "seed": seed, "task": task_index, "identity": identity},
-         "learner": learner.state_dict()}, p))
-    learner.artifacts(out_dir)
-    record = {
-        "experiment": experiment, "method": method, "seed": seed, "task": task_index,
-        "n_tasks": data.n_tasks, "fingerprint": chain[-1],
-        "parent_fingerprint": chain[-2] if task_index else None,
-        **metrics,
-        "wall_seconds": wall, "peak_memory_mb": peak_mb,
-        "stored_memory": learner.stored_memory(),
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "class_order": data.class_order,
-        # Three separate random streams: the class order (random.seed(seed)), the initial weights
-        # (seeded with `seed` before the learner is built) and this task's data order / augmentation.
-        "seeds": {"class_order": seed, "init": seed, "task_stream": learner.stream_seed(task, seed)},
-        "settings": settings,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "git_commit": git_commit(),
-        "code_digest": code_digest(),
-        # A main stage restored from a shared node was computed by the code that ran there.
-        "shared_stage_code_digest": checkpointer.shared_code_digest(0) if shared_stage is not None else None,
-    }
-    atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
-    checkpointer.remove()
-    log(f"accuracy per seen task {['%.1f' % a for a in metrics['accuracy_per_task']]}, "
-        f"seen classes {metrics['accuracy_seen']:.2f}%, {wall:.1f}s")
-    return record
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / STATE_FILE, lambda p: torch.save(
+            {"fingerprint": chain[-1], "method": method, "seed": seed, "task": task_index,
+             "provenance": {"settings": settings, "seed": seed, "task": task_index, "identity": identity},
+             "learner": learner.state_dict()}, p))
+        learner.artifacts(out_dir)
+        record = {
+            "experiment": experiment, "method": method, "seed": seed, "task": task_index,
+            "n_tasks": data.n_tasks, "fingerprint": chain[-1],
+            "parent_fingerprint": chain[-2] if task_index else None,
+            **metrics,
+            "wall_seconds": wall, "peak_memory_mb": peak_mb,
+            "stored_memory": learner.stored_memory(),
+            "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+            "class_order": data.class_order,
+            # Three separate random streams: the class order (random.seed(seed)), the initial weights
+            # (seeded with `seed` before the learner is built) and this task's data order / augmentation.
+            "seeds": {"class_order": seed, "init": seed, "task_stream": learner.stream_seed(task, seed)},
+            "settings": settings,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__},
+            "git_commit": git_commit(),
+            "code_digest": code_digest(),
+            # A main stage restored from a shared node was computed by the code that ran there.
+            "shared_stage_code_digest": checkpointer.shared_code_digest(0) if shared_stage is not None else None,
+        }
+        atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
+        checkpointer.remove()
+        log(f"accuracy per seen task {['%.1f' % a for a in metrics['accuracy_per_task']]}, "
+            f"seen classes {metrics['accuracy_seen']:.2f}%, {wall:.1f}s")
+        return record
 
 
 def train_in_process(settings: dict, seed: int, n_tasks: int, device: str = "cpu", data_root: str = "data",

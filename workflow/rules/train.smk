@@ -1,3 +1,6 @@
+TRAIN_RESOURCES = config["resources"]["train_task"]  # from the config, so that a site can size them
+
+
 rule train_task:
     input:
         data=prepared_data,
@@ -13,11 +16,11 @@ rule train_task:
         out=lambda wildcards, output: Path(output.state).parent,
     log:
         f"{RESULTS}/logs/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}.log",
-    threads: 1
+    threads: TRAIN_RESOURCES["cpus"]  # on Slurm, its --cpus-per-task
     resources:
-        gpu=config["resources"]["train_task"]["gpus"],
-        runtime=config["resources"]["train_task"]["runtime"],
-        mem_mb=config["resources"]["train_task"]["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
+        runtime=TRAIN_RESOURCES["runtime"],
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
     shell:
         "dfcil train-task --settings {params.settings:q} --data {input.data}"
         " --experiment {wildcards.experiment} --seed {wildcards.seed} --task {wildcards.task}"
@@ -51,11 +54,11 @@ rule train_shared_stage:
         recipe=lambda wildcards: json.dumps(SHARED[wildcards.key], sort_keys=True),
     log:
         f"{RESULTS}/logs/shared/{{learner}}-{{key}}/seed{{seed}}.log",
-    threads: 1
+    threads: TRAIN_RESOURCES["cpus"]  # on Slurm, its --cpus-per-task
     resources:
-        gpu=config["resources"]["train_task"]["gpus"],
-        runtime=config["resources"]["train_task"]["runtime"],
-        mem_mb=config["resources"]["train_task"]["mem_mb"],
+        gpu=TRAIN_RESOURCES["gpus"],
+        runtime=TRAIN_RESOURCES["runtime"],
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
     shell:
         "dfcil train-shared --recipe {params.recipe:q} --seed {wildcards.seed} --data {input.data}"
         " --out $(dirname {output}) --threads {threads} --device {config[device]}"
