@@ -11,14 +11,31 @@ from dfcil_core.run import train_in_process
 from test_workflow import REPO, snakemake
 
 
-def test_slurm_profile_gives_every_training_job_a_gpu_runtime_and_memory(tmp_path):
-    out = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
-                    configfile=REPO / "config/paper/cifar100.yaml")
+def slurm_jobs(tmp_path, configfile) -> list[tuple[str, str, str]]:
+    """(rule, threads, resources) of every job that goes to Slurm in a dry run through the Slurm profile."""
+    # --cores 8: a dry run caps each job's threads at the local cores; a Slurm job gets the rule's threads
+    out = snakemake(tmp_path, "-n", "--cores", "8", "--workflow-profile", str(REPO / "profiles/slurm"),
+                    configfile=configfile)
     assert out.returncode == 0, out.stderr[-2000:]
-    jobs = re.findall(r"rule (train_task|train_shared_stage):.*?resources: ([^\n]*)", out.stdout, flags=re.S)
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", out.stdout)
+    return [(m[1], (re.search(r"threads: (\d+)", b) or [None, "1"])[1], re.search(r"resources: ([^\n]*)", b)[1])
+            for b in blocks if (m := re.match(r"rule (train_task|train_generative_task|train_shared_stage|"
+                                              r"prepare_data):", b))]
+
+
+def test_slurm_profile_sizes_every_job_from_the_config(tmp_path):
+    jobs = slurm_jobs(tmp_path, REPO / "config/paper/cifar100.yaml")
     assert len(jobs) > 300
-    for _, resources in jobs:
-        assert "gpu=1" in resources and "runtime=360" in resources and "mem_mb=16000" in resources
+    for rule, threads, resources in jobs:
+        if rule == "prepare_data":
+            assert "runtime=30" in resources and "mem_mb=4000" in resources and "gpu" not in resources
+        else:  # threads: the job's torch threads and its --cpus-per-task
+            assert "gpu=1" in resources and "runtime=360" in resources and "mem_mb=16000" in resources
+            assert threads == "4"
+    # The demo is a CPU demo: no GPU asked for, one core, minutes
+    for rule, threads, resources in slurm_jobs(tmp_path, REPO / "config/config.yaml"):
+        assert "gpu=0" in resources or rule == "prepare_data", (rule, resources)
+        assert threads == "1" and "runtime=" in resources
 
 
 def test_gpu_slots_are_claimed_once_and_freed(tmp_path, monkeypatch):
