@@ -8,6 +8,8 @@ from dfcil_core.data import write_cifar
 
 torch.set_num_threads(1)
 
+pytest_plugins = ["slurm_cluster"]  # the private Slurm cluster fixture of tests/test_slurm.py
+
 
 def tiny_settings(method: str, **method_settings) -> dict:
     """mnist5k at 8x8, a one-block ResNet of width 4, 1 epoch, 3 tasks of 2 classes (+ a partial split)."""
