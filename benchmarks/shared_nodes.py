@@ -16,7 +16,7 @@ import yaml
 
 from dfcil_core import config as C
 from dfcil_core.learners.api import Task
-from dfcil_core.run import resolve, shared_recipe
+from dfcil_core.methods import resolve, shared_recipe
 
 # Per-step cost relative to a Base step at t > 0 (§11.2: midpoints of the ranges given there).
 STEP_COST = {"lwf": 1.3, "lwf_coreset": 1.3, "deep_inversion": 2.75, "lwf_synthetic": 2.75, "abd": 3.25,

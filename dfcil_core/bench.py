@@ -110,8 +110,8 @@ def _context(data, device):
 
 def _learner_workload(method: str, task_index: int, data, device, switches: dict, batch_size: int):
     """The real learner's main stage at `task_index` (its teacher a copy of the untrained model)."""
-    from dfcil_core.learners import learner_class, resolve_hyperparameters
-    from dfcil_core.learners.api import Task
+    from dfcil_core.learners import learner_class
+    from dfcil_core.methods import Task, resolve_hyperparameters
     from dfcil_core.trainer import Stage, make_optimizer
     from dfcil_core import fast
 
@@ -135,7 +135,7 @@ def _inversion_workload(data, device, switches: dict, batch_size: int):
     20 classes): `invert`'s loss (`inversion_step`) in a one-epoch stage that the timer can step by itself."""
     from dfcil_core import fast
     from dfcil_core.inversion import BNStatistics, gaussian_kernel, inversion_step
-    from dfcil_core.learners import resolve_hyperparameters
+    from dfcil_core.methods import resolve_hyperparameters
     from dfcil_core.models.generator import Generator
     from dfcil_core.models.resnet import build_model
     from dfcil_core.trainer import Stage, make_optimizer

@@ -28,6 +28,7 @@ from statistics import fmean
 import yaml
 
 from dfcil_core.config import ConfigError, class_order_family, dataset_id, n_classes, run_settings
+from dfcil_core.methods import GENERATIVE_METHODS, display_name
 from dfcil_core.report import (_LATEX_ESCAPES, DIVERGED_MARK, DIVERGENCE_FOOTNOTE, check_code_versions, code_line,
                                diverged_seeds, divergence_note, common_settings, flatten, mean_std, read_summary,
                                write_text_atomically)
@@ -37,7 +38,6 @@ TABLES = ("no_coreset", "coreset")
 EXTRAS = "extras"
 FORMATS = ("md", "tex", "csv", "html")  # html: the same table and card, for `snakemake --report`
 # Methods that write a `samples.png` grid of generated images into their task folders.
-GENERATIVE_METHODS = ("dgr", "deep_inversion", "lwf_synthetic", "abd")
 DASH = "–"
 NOT_APPLICABLE = "n/a"
 # Settings that may differ between the rows of one column: the method and its own hyperparameters.
@@ -570,11 +570,6 @@ def write_extras(out_prefix: Path, dataset: str, columns: dict[int, Column], met
 
 # --- entry points ----------------------------------------------------------------------------------------
 
-def display_labels(methods) -> dict[str, str]:
-    from dfcil_core.report import display_label
-    return {m: display_label(m) for m in methods}
-
-
 def paper_tables(summaries: list[Path], dataset: str, tasks: list[int], methods: list[str], out_dir: Path,
                  published_file: Path = PUBLISHED_FILE, refuse_mixed_code: bool = False, log=print) -> None:
     """Write out_dir/{no_coreset,coreset,extras}.{md,tex,csv,html} from the summaries that exist."""
@@ -588,7 +583,7 @@ def paper_tables(summaries: list[Path], dataset: str, tasks: list[int], methods:
     published = published_for(layout, dataset)
     min_std = float(layout.get("source", {}).get("min_std", 0.05))
     all_methods = list(dict.fromkeys([*methods, *(m for c in columns.values() for m in c.cells)]))
-    labels = display_labels(all_methods)
+    labels = {m: display_name(m) for m in all_methods}
     out_dir.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         paper_labels = {row["method"]: row["label"] for row in layout["tables"][table]["rows"]}
@@ -631,7 +626,7 @@ def plot_curves(summaries: list[Path], dataset: str, tasks: list[int], methods: 
     runs, _ = read_existing(summaries)
     columns = build_columns(runs, dataset, tasks)
     all_methods = list(dict.fromkeys([*methods, *(m for c in columns.values() for m in c.cells)]))
-    labels = display_labels(all_methods)
+    labels = {m: display_name(m) for m in all_methods}
     figure = _figure(4.6 * len(columns), 3.8)
     import matplotlib
     from matplotlib.ticker import MaxNLocator
@@ -666,7 +661,7 @@ def plot_matrix(summaries: list[Path], dataset: str, tasks: list[int], method: s
     """A method's accuracy matrix acc[j][i] (mean over seeds) as a heatmap, one panel per task count."""
     runs = [run for run in read_existing(summaries)[0] if run["method"] == method]
     columns = build_columns(runs, dataset, tasks)
-    label = display_labels([method])[method]
+    label = display_name(method)
     figure = _figure(4.4 * len(columns), 4.0)
     image = None
     for i, (n, column) in enumerate(columns.items()):
@@ -708,7 +703,7 @@ def plot_samples(summaries: list[Path], dataset: str, n_tasks: int, png: Path) -
         found = [(t, p) for t, p in found if p.is_file()]
         if found:
             grids[run["method"]] = (run["seed"], found)
-    labels = display_labels(grids)
+    labels = {m: display_name(m) for m in grids}
     if not grids:
         figure = _figure(6, 2)
         _empty(figure.add_subplot(), f"{dataset}, {n_tasks} tasks: no generator samples yet")

@@ -23,6 +23,7 @@ from statistics import fmean, pstdev
 from typing import Iterable
 
 from dfcil_core.config import ConfigError, flatten
+from dfcil_core.methods import display_name
 
 # Written by dfcil_core.run, not imported from there because that module imports torch.
 METRICS_FILE = "metrics.json"
@@ -259,12 +260,6 @@ def common_settings(method: str, runs: list[dict]) -> dict:
     return runs[0]["settings"]
 
 
-def display_label(method: str) -> str:
-    # Imported here: the registry pulls in torch, which nothing else in this module needs.
-    from dfcil_core.learners import DISPLAY_NAMES
-    return DISPLAY_NAMES.get(method, method)
-
-
 @dataclass
 class MethodRow:
     """One table row: a method's metrics as mean and population std over its seeds."""
@@ -285,7 +280,7 @@ def method_row(method: str, runs: list[dict]) -> MethodRow:
     forgetting_values = [run["forgetting"] for run in runs]
     return MethodRow(
         method=method,
-        label=display_label(method),
+        label=display_name(method),
         final_accuracy=mean_std(run["final_accuracy"] for run in runs),
         average_incremental_accuracy=mean_std(run["average_incremental_accuracy"] for run in runs),
         forgetting=None if None in forgetting_values else mean_std(forgetting_values),
@@ -328,7 +323,7 @@ def footnotes(rows: list[MethodRow], runs: list[dict]) -> list[str]:
     if any(row.diverged for row in rows):
         notes.append(DIVERGENCE_FOOTNOTE + "; ".join(divergence_note(row.label, row.diverged)
                                                     for row in rows if row.diverged) + ".")
-    return notes + [code_line(runs, display_label)]
+    return notes + [code_line(runs, display_name)]
 
 
 def markdown_table(experiment: str, rows: list[MethodRow], protocol: str, notes: list[str] = ()) -> str:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from dfcil_core.config import (AUGMENT_DEFAULTS, ConfigError, Diverged, StateError, deep_merge, differences, fingerprint, n_classes,
-                               task_sizes, with_defaults)
+from dfcil_core.config import ConfigError, Diverged, StateError, differences, fingerprint
 from dfcil_core.checkpoint import Checkpointer, checkpointing, exclusive, lock_path
 from dfcil_core.data import TrainData, load_prepared, prepared_digest
 from dfcil_core.devices import pick_device
-from dfcil_core.learners import learner_class, resolve_hyperparameters
-from dfcil_core.learners.api import Context, Task
+from dfcil_core.learners import learner_class
+from dfcil_core.learners.api import Context
+from dfcil_core.methods import Task, resolve, shared_recipe
 from dfcil_core.models.resnet import build_model
 from dfcil_core.provenance import code_digest, git_commit
 from dfcil_core.trainer import seed_everything, train_task
@@ -25,18 +25,6 @@ from dfcil_core.trainer import seed_everything, train_task
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.json"
 ON_DIVERGENCE = ("record", "fail")
-
-
-def resolve(settings: dict) -> tuple[dict, dict, dict]:
-    """(settings with the method's resolved hyperparameters, hyperparameters, training settings).
-    Raises ConfigError for an unknown method or setting, or hyperparameters its tasks cannot run with."""
-    settings = with_defaults(settings)
-    hp = resolve_hyperparameters(settings["method"], settings.get("method_settings") or {})
-    sizes = task_sizes(n_classes(settings["dataset"]), settings["first_split"], settings["other_split"],
-                       settings.get("max_tasks"))
-    learner_class(settings["method"]).check_settings(hp, sizes)
-    train = deep_merge(settings["train"], hp.get("train", {}))
-    return {**settings, "method_settings": hp}, hp, train
 
 
 def fingerprints(settings: dict, seed: int, n: int, identity: dict) -> list[str]:
@@ -90,20 +78,6 @@ def build(settings: dict, seed: int, device: str = "auto", data_file: Path | Non
                   make_model=lambda: build_model(settings["model"], info.n_classes, info.channels).to(dev))
     seed_everything(seed)  # model initialisation draws from the run's seed, before any per-task reseed
     return settings, train, data, learner_class(settings["method"])(hp, ctx)
-
-
-def shared_recipe(settings: dict, task: Task) -> dict | None:
-    """Settings of the shared node that computes this task's main stage, or None if it is the method's
-    own. They hold only what that stage depends on, so every method and split that qualifies (e.g. the
-    first task of Base, LwF, E2E, ...; UB at any task) maps to the same node."""
-    settings, hp, train = resolve(settings)
-    learner_id = learner_class(settings["method"]).shared_main_stage(task)
-    if learner_id is None:
-        return None
-    return {"dataset": settings["dataset"], "model": settings["model"], "train": train,
-            **{k: settings[k] for k in AUGMENT_DEFAULTS},
-            "first_split": task.n_seen_classes, "other_split": 1, "max_tasks": 1,
-            "method": learner_id, "method_settings": {}}
 
 
 def train_shared_stage(recipe: dict, seed: int, out_dir: Path, data_file: Path, device: str = "auto",

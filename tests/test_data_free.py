@@ -19,7 +19,8 @@ from dfcil_core.losses import old_new_class_weights, weighted_ce
 from dfcil_core.models.generator import Generator
 from dfcil_core.models.resnet import CifarResNet
 from dfcil_core.models.vae import VAE
-from dfcil_core.run import build, resolve
+from dfcil_core.methods import METHODS, resolve
+from dfcil_core.run import build
 
 CPU = torch.device("cpu")
 HP = {"gen_lr": 1e-3, "bn_stat_weight": 50.0, "smoothness_weight": 1e-3, "content_temperature": 1000.0,
@@ -148,7 +149,7 @@ def tiny_learner(cls, **hp):
     ctx = Context(data=data, make_model=lambda: CifarResNet(6, 1, 1, 4), train={"batch_size": 3},
                   n_classes=6, device=CPU, seed=0)
     torch.manual_seed(0)
-    learner = cls({**cls.defaults, **cls.tiny_overrides, **hp}, ctx)
+    learner = cls({**METHODS[cls.name].defaults, **cls.tiny_overrides, **hp}, ctx)
     learner.begin_task(Task(0, 3, 0, 2))
     learner.model.last.weight.data.normal_()  # make the teacher's head rows distinct
     learner.begin_task(Task(1, 3, 2, 4))  # the teacher is the model "after task 0"

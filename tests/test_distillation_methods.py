@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from conftest import tiny_settings
-from dfcil_core.learners import LEARNERS, resolve_hyperparameters
+from dfcil_core.learners import LEARNERS
 from dfcil_core.learners.api import Task
-from dfcil_core.learners.bic import apply_bias, first_k_per_class, holdout_per_class
+from dfcil_core.learners.bic import apply_bias, first_k_per_class
+from dfcil_core.methods import holdout_per_class, resolve_hyperparameters
 from dfcil_core.learners.e2e import task_blocks, taskwise_kd, taskwise_weights
 from dfcil_core.learners.lwf_mc import lwf_mc_loss, lwf_mc_targets
 from dfcil_core.losses import kd_loss

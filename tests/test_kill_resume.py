@@ -15,6 +15,7 @@ import torch
 from conftest import tiny_settings
 from dfcil_core.data import save_prepared
 from dfcil_core.learners import LEARNERS
+from dfcil_core.methods import METHODS
 
 BIN = Path(sys.executable).parent
 
@@ -66,7 +67,7 @@ CASES += [(m, 0) for m in ("dgr", "lwf") if m in LEARNERS]
 @pytest.mark.slow
 @pytest.mark.parametrize("method, stage", CASES)
 def test_killed_job_resumes_to_the_same_metrics(method, stage, data_file, tmp_path):
-    hp = {"memory_size": 40} if "memory_size" in LEARNERS[method].defaults else {}
+    hp = {"memory_size": 40} if "memory_size" in METHODS[method].defaults else {}
     hp.update(getattr(LEARNERS[method], "tiny_overrides", {}))
     settings = tiny_settings(method, **hp)
     settings["train"]["epochs"] = 12  # enough epochs that the kill lands inside the stage

@@ -7,14 +7,15 @@ import torch
 from conftest import tiny_settings
 from dfcil_core.learners import LEARNERS
 from dfcil_core.learners.api import Task
-from dfcil_core.run import shared_recipe, train_in_process, train_node, train_shared_stage
+from dfcil_core.methods import METHODS, shared_recipe
+from dfcil_core.run import train_in_process, train_node, train_shared_stage
 
 # Memory-based methods get a memory that fits the tiny data set.
 SMALL = {"memory_size": 40}
 
 
 def settings_for(method):
-    hp = {k: v for k, v in SMALL.items() if k in LEARNERS[method].defaults}
+    hp = {k: v for k, v in SMALL.items() if k in METHODS[method].defaults}
     hp.update(LEARNERS[method].tiny_overrides if hasattr(LEARNERS[method], "tiny_overrides") else {})
     return tiny_settings(method, **hp)
 
@@ -40,7 +41,7 @@ def mnist_file(tmp_path_factory):
     return path
 
 
-SHARING = [m for m in sorted(LEARNERS) if any(LEARNERS[m].shared_main_stage(Task(t, 3, 2 * t, 2 * t + 2))
+SHARING = [m for m in sorted(LEARNERS) if any(METHODS[m].shared_main_stage(Task(t, 3, 2 * t, 2 * t + 2))
                                                for t in range(3))]
 
 
@@ -74,7 +75,7 @@ def test_upper_bound_nodes_are_shared_across_splits():
 
 def test_methods_with_their_own_first_task_do_not_share():
     first = Task(0, 3, 0, 2)
-    own = {m for m in LEARNERS if LEARNERS[m].shared_main_stage(first) is None}
+    own = {m for m in LEARNERS if METHODS[m].shared_main_stage(first) is None}
     # ABD (softmax over all K logits), LwF.MC (BCE) and DGR (unnormalised inputs) train task 0 their own way (§7.3).
     assert {"abd", "lwf_mc", "dgr"} & set(LEARNERS) <= own
 

@@ -11,7 +11,8 @@ from dfcil_core.config import Diverged
 from dfcil_core.data import arrays_digest, load_prepared, prepared_digest, save_prepared
 from dfcil_core.learners.api import Task
 from dfcil_core.provenance import code_digest
-from dfcil_core.run import resolve, shared_recipe, train_node, train_shared_stage
+from dfcil_core.methods import resolve, shared_recipe
+from dfcil_core.run import train_node, train_shared_stage
 
 QUIET = dict(device="cpu", log=lambda m: None)
 

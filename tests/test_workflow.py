@@ -58,6 +58,18 @@ def test_dry_run_default_config(tmp_path):
     assert counts["summarize_run"] == len(exp["methods"]) * len(exp["seeds"])
 
 
+def test_the_workflow_parses_without_torch(tmp_path):
+    """The parse runs on every `snakemake` call and again inside every cluster job: it must not import torch
+    (about 2-5 s on a 2-core machine). Here `import torch` fails, and the paper grid still plans every job."""
+    no_torch = ("import sys; sys.modules['torch'] = None; "  # a None entry makes `import torch` raise ImportError
+                "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
+    out = subprocess.run([sys.executable, "-c", no_torch, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--cores", "2", "-n", "--configfile", str(REPO / "config/paper/cifar100.yaml")],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert training_jobs(job_counts(out.stdout)) > 1000
+
+
 def test_every_file_a_rule_reads_is_some_rule_s_output(tmp_path):
     """The sample grids the paper figure and the MLflow import read are declared outputs of the generative
     methods' task jobs (no rule may read a file that Snakemake does not know how to make)."""
@@ -169,8 +181,8 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
     assert dry["train_task"] == 2 and "train_shared_stage" not in dry  # naive_rehearsal's two tasks
 
     # A changed method default (not a setting in the config) reruns exactly that method's task jobs.
-    patched = ("import sys; from dfcil_core.learners.naive_rehearsal import NaiveRehearsal; "
-               "NaiveRehearsal.defaults['replay_oversample'] = False; "
+    patched = ("import sys; from dfcil_core.methods import METHODS; "
+               "METHODS['naive_rehearsal'].defaults['replay_oversample'] = False; "
                "from snakemake.cli import main; sys.argv[0] = 'snakemake'; main()")
     out = subprocess.run([sys.executable, "-c", patched, "--snakefile", str(REPO / "Snakefile"), "--directory",
                           str(tmp_path), "--cores", "2", "-n", "--configfile", str(config)],

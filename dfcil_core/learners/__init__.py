@@ -1,8 +1,8 @@
-"""The method registry: one line per method; the key is the id used in config, paths, MLflow and tables."""
+"""The learner of every method: one line each; the key is the id of `dfcil_core.methods.METHODS`."""
 
 from __future__ import annotations
 
-from dfcil_core.config import ConfigError, deep_merge
+from dfcil_core.config import ConfigError
 from dfcil_core.learners.abd import ABD
 from dfcil_core.learners.api import Learner
 from dfcil_core.learners.base import Base
@@ -32,34 +32,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "abd": ABD,
 }
 
-# Labels for tables and plots only; everything else uses the id.
-DISPLAY_NAMES = {
-    "upper_bound": "UB",
-    "base": "Base",
-    "naive_rehearsal": "Naive Rehearsal",
-    "lwf": "LwF",
-    "lwf_mc": "LwF.MC",
-    "lwf_coreset": "LwF (coreset)",
-    "e2e": "E2E",
-    "bic": "BiC",
-    "dgr": "DGR",
-    "deep_inversion": "DeepInversion",
-    "lwf_synthetic": "LwF-Synthetic",
-    "abd": "ABD",
-}
-
-
 def learner_class(method: str) -> type[Learner]:
     if method not in LEARNERS:
         raise ConfigError(f"unknown method {method!r}; expected one of {sorted(LEARNERS)}")
     return LEARNERS[method]
-
-
-def resolve_hyperparameters(method: str, overrides: dict) -> dict:
-    """The method's paper defaults with the experiment's overrides; unknown keys are errors.
-    A nested `train` dict overrides the experiment's training settings for this method only."""
-    defaults = learner_class(method).defaults
-    unknown = sorted(set(overrides) - set(defaults) - {"train"})
-    if unknown:
-        raise ConfigError(f"method {method!r} has no setting(s) {unknown}; known: {sorted(defaults)}")
-    return deep_merge(defaults, overrides)

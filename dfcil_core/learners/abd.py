@@ -19,17 +19,6 @@ from dfcil_core.losses import old_new_class_weights, weighted_ce
 
 class ABD(DataFreeLearner):
     name = "abd"
-    defaults = {**DataFreeLearner.defaults,
-                "mu": 0.1,                 # experiments/cifar100-*.sh abd: --mu 1e-1 (--beta 1 is unused)
-                "local_ce_scale": True,    # reference: local CE weighted by 1 - r (quirk 12); false: weight 1
-                "ft_second_forward": True,  # reference: FT features from a 2nd no-grad forward, which updates
-                                            # BN running stats twice per step (quirk 14); false: reuse h.detach()
-                }
-
-    @classmethod
-    def shared_main_stage(cls, task):
-        return None  # task 0's CE covers all K logits, unlike Base's
-
     def first_task_loss(self, batch):
         return {"ce": F.cross_entropy(self.model(batch.x), batch.y)}
 

@@ -3,7 +3,9 @@
 A method is one small file that subclasses `Learner` and overrides only what differs from plain
 fine-tuning: its loss terms (`loss`), the samples it trains on (`train_indices`), and what it does at
 the task boundary (`end_task`: memory update, teacher snapshot, generator training, extra stages run
-through `trainer.run_stage`). Methods never call `.backward()` or step an optimizer themselves.
+through `trainer.run_stage`). Methods never call `.backward()` or step an optimizer themselves. Its
+hyperparameters (the paper's defaults), whether a main stage is shared and the settings it refuses are stated
+in `dfcil_core/methods.py`, which the workflow reads without torch.
 
 Vocabulary (the reference's names in brackets, for readers of GT-RIPL/AlwaysBeDreaming-DFCIL):
 - `task.n_past_classes`  [last_valid_out_dim]: classes seen before the current task;
@@ -22,21 +24,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class Task:
-    index: int
-    n_tasks: int
-    n_past_classes: int
-    n_seen_classes: int
-
-    @property
-    def classes(self) -> range:
-        return range(self.n_past_classes, self.n_seen_classes)
-
-    @property
-    def is_last(self) -> bool:
-        return self.index == self.n_tasks - 1
+from dfcil_core.methods import Task  # noqa: F401  (the learners' task type; torch-free, for the workflow's parse)
 
 
 @dataclass
@@ -83,19 +71,6 @@ class Learner:
         self.ctx = ctx
         self.model = ctx.make_model()
         self.task: Task | None = None
-
-    @classmethod
-    def check_settings(cls, hp: dict, task_sizes: list[int]) -> None:
-        """Raise ConfigError for hyperparameters that cannot run on these tasks (class counts per task),
-        so that the workflow refuses them before any job starts rather than failing at a later task."""
-
-    # ---- sharing computation across methods and experiments ----
-    @classmethod
-    def shared_main_stage(cls, task: Task) -> str | None:
-        """The id of the learner whose main stage this task's main stage is identical to (same data, loss,
-        parameters, initialisation and random streams), so that one DAG node computes it for every
-        method and split that qualifies; None when the stage is this method's own."""
-        return None
 
     def stream_seed(self, task: Task, seed: int) -> int:
         """Seed of the random streams of a task (the reference reseeds with seed * 100 + t, §3.1)."""

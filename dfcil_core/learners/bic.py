@@ -9,17 +9,15 @@ herding (§6.4), re-selected after stage 2.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfcil_core.config import ConfigError
 from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
 from dfcil_core.memory import RankedMemory
+from dfcil_core.methods import holdout_per_class
 
 
 def first_k_per_class(index: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -27,11 +25,6 @@ def first_k_per_class(index: Tensor, labels: Tensor, k: int) -> Tensor:
     onehot = F.one_hot(labels[index], int(labels.max()) + 1)
     rank = (onehot.cumsum(dim=0) * onehot).sum(dim=1) - 1
     return rank < k
-
-
-def holdout_per_class(memory_len: int, n_old: int, fraction: float = 0.1) -> int:
-    """k = floor(floor(fraction * |M|) / n_old) held-out images per seen class (loader.py VAL_HOLD)."""
-    return int(fraction * memory_len) // n_old
 
 
 def apply_bias(z: Tensor, layers: list[Tensor], bounds: list[int]) -> Tensor:
@@ -46,29 +39,6 @@ def apply_bias(z: Tensor, layers: list[Tensor], bounds: list[int]) -> Tensor:
 
 class BiC(LwF):
     name = "bic"
-    defaults = {
-        "temperature": 2.0,        # --temp default (§0); --mu is ignored by kd.BIC (§8.1)
-        "memory_size": 2000,       # --memory 2000 (§8.1)
-        "holdout_fraction": 0.1,   # dataloaders/loader.py VAL_HOLD: |V| ~ 0.1 |M| (§4.9)
-        "bias_lr_factor": 0.01,    # kd.py BIC.learn_batch: stage 2 lr = config lr / 1e2 (§4.9)
-        # Quirk 2 (§4.9): the model is in train mode in stage 2, so BN running statistics are re-estimated
-        # on V; false = eval mode (the BiC paper only fits alpha and beta).
-        "bias_bn_train": True,
-        # Quirk 1 (§4.9): the reference evaluates without the bias layers (validation() calls
-        # model.forward); true = corrected logits at test time, as the BiC paper.
-        "bias_at_eval": False,
-        # Stage 2 batch; null = the experiment's batch (reference: 128 with drop_last on 150-400 images).
-        "bias_batch_size": None,
-    }
-
-    @classmethod
-    def check_settings(cls, hp: dict, task_sizes: list[int]) -> None:
-        most_old = sum(task_sizes[:-1])  # classes seen before the last task
-        if len(task_sizes) > 1 and holdout_per_class(hp["memory_size"], most_old, hp["holdout_fraction"]) < 1:
-            raise ConfigError(
-                f"bic: memory_size {hp['memory_size']} x holdout_fraction {hp['holdout_fraction']} leaves no held-out "
-                f"image per class for the bias layer once {most_old} classes are old; memory_size must be at least "
-                f"{math.ceil(most_old / hp['holdout_fraction'])}")
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)

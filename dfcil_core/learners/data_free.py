@@ -22,22 +22,6 @@ GRID_SEED = 0  # the sample grid uses its own noise, the same for every task, an
 
 
 class DataFreeLearner(TeacherLearner):
-    defaults = {
-        "temperature": 2.0,           # --temp default (no script overrides it)
-        "power_iters": 10000,         # experiments/cifar100-*.sh --power_iters
-        # --deep_inv_params 1e-3 5e1 1e-3 1e3 1, by name (§5.5)
-        "gen_lr": 1e-3,
-        "bn_stat_weight": 50.0,
-        "smoothness_weight": 1e-3,
-        "content_temperature": 1000.0,
-        "content_weight": 1.0,
-        "generator_z_dim": 1000,      # models/generator.py CIFAR_GEN
-        "generator_width": 128,
-        "generator_last_width": None,  # None: half the width (CIFAR_GEN, TINYIMNET_GEN); 64 with width 64: IMNET_GEN
-        # Reference: one generator and its Adam state carried across tasks (quirk 15); false: a fresh generator
-        # every task, as R-DFCIL and gqk/ABD.
-        "warm_start": True,
-    }
     tiny_overrides = {"power_iters": 4, "generator_z_dim": 16, "generator_width": 8}
 
     def __init__(self, hp: dict, ctx):
@@ -50,11 +34,6 @@ class DataFreeLearner(TeacherLearner):
         generator = Generator(info.channels, info.size, self.hp["generator_z_dim"], self.hp["generator_width"],
                               self.hp["generator_last_width"]).to(self.ctx.device)
         return generator, torch.optim.Adam(generator.parameters(), lr=self.hp["gen_lr"])
-
-    @classmethod
-    def shared_main_stage(cls, task: Task) -> str | None:
-        # Task 0 trains with Base's loss (`first_task_loss`); the generator is trained after the main stage.
-        return "base" if task.index == 0 else None
 
     @torch.no_grad()
     def replay(self, n: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,8 +14,6 @@ from dfcil_core.losses import kd_loss
 
 class DeepInversion(DataFreeLearner):
     name = "deep_inversion"
-    defaults = {**DataFreeLearner.defaults,
-                "mu": 1.0}  # experiments/cifar100-*.sh deepinv: --mu 1
 
     def replay_loss(self, batch, x_replay, y_replay, z_replay):
         n_real, n_past, n_seen = len(batch.y), self.task.n_past_classes, self.task.n_seen_classes

@@ -25,13 +25,6 @@ GRID_SEED = 0
 class DGR(Learner):
     name = "dgr"
     normalize_inputs = False  # dataloaders/utils.py: DGR's transforms skip Normalize
-    defaults = {
-        "mu": 1.0,              # experiments/cifar100-*.sh dgr: --mu 1
-        "temperature": 2.0,     # --temp default
-        "vae_z_dim": 1024,      # models/autoencoder.py CIFAR_GEN: z_size=1024
-        "vae_width": 64,        # encoder 64-128-512, decoder 512-256-64 channels
-        "train": {"weight_decay": 0.0},  # experiments/cifar100-*.sh dgr: --weight_decay 0, classifier too (quirk 23)
-    }
     tiny_overrides = {"vae_z_dim": 16, "vae_width": 8}
 
     def __init__(self, hp, ctx):

@@ -11,14 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dfcil_core.config import ConfigError
 from dfcil_core.learners.api import Batch, Task
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
 from dfcil_core.memory import RankedMemory
-
-NEW_KD_TARGETS = ("previous_teacher", "stage_a")
-
 
 def task_blocks(bounds: list[int], n_tasks: int) -> list[range]:
     """Logit blocks of tasks 0..n_tasks-1."""
@@ -38,40 +34,9 @@ def taskwise_kd(z: Tensor, z_teacher: Tensor, blocks: list[range], denominator: 
 
 class E2E(LwF):
     name = "e2e"
-    defaults = {
-        "mu": 1.0,                   # experiments/cifar100-*.sh: --mu 1 (§8.1)
-        "temperature": 2.0,          # --temp default (§0)
-        "memory_size": 2000,         # --memory 2000 (§8.1)
-        "balanced_lr_factor": 0.01,  # kd.py ETE.learn_batch: stage B lr = config lr / 1e2 (§4.8)
-        # Quirk 6 (§4.8): the reference optimizes only the head `last` in stage B; false = the whole
-        # network at the small lr, as the E2E paper.
-        "balanced_head_only": True,
-        # Quirk 6 (§4.8): the model is in train mode in stage B, so BN running statistics are re-estimated
-        # on the memory; false = eval mode (statistics frozen).
-        "balanced_bn_train": True,
-        # Quirk 5 (§4.8): the new-class KD target in stage B. "previous_teacher" (reference bug): the
-        # previous model's logits of classes [0, |C_t|); "stage_a": the new classes' logits of the model
-        # after stage A, as the E2E paper.
-        "balanced_new_kd": "previous_teacher",
-        # Stage B batch; null = the experiment's batch (reference: 128 on 2,000 images, 15 steps per epoch).
-        "balanced_batch_size": None,
-    }
-
-    @classmethod
-    def check_settings(cls, hp: dict, task_sizes: list[int]) -> None:
-        # the reference's target takes the previous model's first |C_t| logits: it needs |C_t| <= n_old
-        if hp["balanced_new_kd"] == "previous_teacher":
-            for t in range(1, len(task_sizes)):
-                if task_sizes[t] > sum(task_sizes[:t]):
-                    raise ConfigError(
-                        f"e2e balanced_new_kd 'previous_teacher' (the reference's stage-B target) needs each task's "
-                        f"classes to fit in the old ones; task {t} has {task_sizes[t]} new and {sum(task_sizes[:t])} "
-                        "old classes: use balanced_new_kd 'stage_a' or a larger first task")
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
-        if hp["balanced_new_kd"] not in NEW_KD_TARGETS:
-            raise ConfigError(f"e2e balanced_new_kd must be one of {NEW_KD_TARGETS}, got {hp['balanced_new_kd']!r}")
         self.memory = RankedMemory(hp["memory_size"], "nearest_to_mean")
         self.stage_a = None
 

@@ -11,4 +11,3 @@ class LwFCoreset(LwF, NaiveRehearsal):
     Method resolution order: LwF (begin_task, loss) -> NaiveRehearsal (memory) -> Learner."""
 
     name = "lwf_coreset"
-    defaults = {**LwF.defaults, **NaiveRehearsal.defaults}  # --mu 1 --memory 2000 (§8.1); quirk 8 switch

@@ -21,13 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dfcil_core.config import ConfigError
 from dfcil_core.learners.api import Batch
 from dfcil_core.learners.lwf import LwF
 from dfcil_core.losses import kd_loss
-
-VARIANTS = ("softmax", "bce")
-
 
 def lwf_mc_targets(y: Tensor, z_teacher: Tensor | None, n_seen: int, variant: str) -> Tensor:
     """The target matrix (B x n_seen): one-hot labels, old columns replaced by the teacher's outputs."""
@@ -48,18 +44,6 @@ def lwf_mc_loss(z: Tensor, target: Tensor, variant: str) -> Tensor:
 
 class LwFMC(LwF):
     name = "lwf_mc"
-    defaults = {
-        "variant": "softmax",  # §4.6 / quirk 18: ICCV-time code (1f3e2d7); "bce" = HEAD code and iCaRL
-    }
-
-    @classmethod
-    def shared_main_stage(cls, task):
-        return None  # its own loss from task 0 on (§7.3; the softmax variant computes CE by its own formula)
-
-    def __init__(self, hp, ctx):
-        super().__init__(hp, ctx)
-        if hp["variant"] not in VARIANTS:
-            raise ConfigError(f"lwf_mc variant must be one of {VARIANTS}, got {hp['variant']!r}")
 
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         z = self.seen_logits(batch.x)

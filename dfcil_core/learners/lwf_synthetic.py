@@ -13,8 +13,6 @@ from dfcil_core.losses import kd_loss
 
 class LwFSynthetic(DataFreeLearner):
     name = "lwf_synthetic"
-    defaults = {**DataFreeLearner.defaults,
-                "mu": 0.1}  # experiments/cifar100-*.sh lwf_synthetic: --mu 1e-1
 
     def replay_loss(self, batch, x_replay, y_replay, z_replay):
         n_real, n_past = len(batch.y), self.task.n_past_classes

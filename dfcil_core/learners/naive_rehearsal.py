@@ -6,14 +6,6 @@ from dfcil_core.memory import RandomMemory
 
 class NaiveRehearsal(Learner):
     name = "naive_rehearsal"
-    defaults = {
-        "memory_size": 2000,        # experiments/cifar100-*.sh: --memory 2000
-        "replay_oversample": True,  # reference: |D_t| draws with replacement, re-selected from them (quirk 8)
-    }
-
-    @classmethod
-    def shared_main_stage(cls, task: Task) -> str | None:
-        return "base" if task.index == 0 else None  # nothing stored yet: plain fine-tuning
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)

@@ -6,11 +6,6 @@ from dfcil_core.learners.api import Learner, Task
 
 class UpperBound(Learner):
     name = "upper_bound"
-    defaults: dict = {}
-
-    @classmethod
-    def shared_main_stage(cls, task: Task) -> str | None:
-        return "upper_bound"  # it depends only on the classes seen so far, not on the split
 
     def stream_seed(self, task: Task, seed: int) -> int:
         # Derived from the classes trained on, not the task index, so that the 5-, 10- and 20-task

@@ -6,10 +6,10 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
+# Torch-free imports: the parse (here, and again inside every cluster job) must stay cheap.
 from dfcil_core import config as dfcil_config
 from dfcil_core import paper as dfcil_paper
-from dfcil_core.learners.api import Task
-from dfcil_core.run import resolve, shared_recipe
+from dfcil_core.methods import GENERATIVE_METHODS, Task, resolve, shared_recipe
 
 # Tables name the code versions their runs come from; with refuse_mixed_code they fail on several instead.
 MIXED_CODE_FLAG = "--refuse-mixed-code" if config["refuse_mixed_code"] else ""
@@ -135,7 +135,7 @@ def experiment_summaries(experiment):
 
 def sample_grids(experiment, method, seed):
     """The generator sample grids a generative method's run leaves (train_generative_task)."""
-    if method not in dfcil_paper.GENERATIVE_METHODS:
+    if method not in GENERATIVE_METHODS:
         return []
     return [f"{run_dir(experiment, method, seed)}/task{t}/samples.png" for t in range(N_TASKS[experiment])]
 

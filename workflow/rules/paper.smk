@@ -146,7 +146,7 @@ def paper_sample_grids(wildcards):
 rule paper_samples:
     input:
         summaries=lambda wildcards: paper_summaries(
-            wildcards.dataset, methods=dfcil_paper.GENERATIVE_METHODS, n_tasks=int(wildcards.n)
+            wildcards.dataset, methods=GENERATIVE_METHODS, n_tasks=int(wildcards.n)
         ),
         grids=paper_sample_grids,
     output:

@@ -39,7 +39,7 @@ use rule train_task as train_generative_task with:
         metrics=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/metrics.json",
         samples=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/samples.png",
     wildcard_constraints:
-        method="|".join(dfcil_paper.GENERATIVE_METHODS),
+        method="|".join(GENERATIVE_METHODS),
 
 
 ruleorder: train_generative_task > train_task
