@@ -32,6 +32,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "abd": ABD,
 }
 
+
 def learner_class(method: str) -> type[Learner]:
     if method not in LEARNERS:
         raise ConfigError(f"unknown method {method!r}; expected one of {sorted(LEARNERS)}")
