@@ -23,7 +23,10 @@ from dfcil_core.report import (UNRECORDED, common_settings, diverged_seeds, flat
                                write_text_atomically)
 
 # Part of every content hash: bump it when what gets logged changes, so that the next import redoes all runs.
-IMPORT_FORMAT = 2  # 2: divergence and code-digest tags
+IMPORT_FORMAT = 3  # 2: divergence and code-digest tags; 3: run times from the training jobs
+
+# MLflow 3's UI opens an experiment of this kind on its training runs (a GenAI experiment opens on traces).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 # MLflow's limits (mlflow.utils.validation): longer param values are refused, larger batches too.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -89,10 +92,25 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
 def _experiment_id(client, name: str, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, name))
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, name),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     if experiment.lifecycle_stage == "deleted":  # a deleted experiment's name cannot be reused: restore it
         client.restore_experiment(experiment.experiment_id)
+    client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def training_times(summaries: list[dict]) -> tuple[int, int] | None:
+    """(start, end) in ms of the training behind these runs: end = when the last task job finished, start = end
+    minus the summed wall time of a run's task jobs (the longest run's, for a method's parent run), so that the
+    UI's Duration is the training, not the waits between jobs. None for results written before task jobs
+    recorded `finished_at`."""
+    tasks = [task for summary in summaries for task in summary["tasks"]]
+    if any(task.get("finished_at") is None for task in tasks):
+        return None
+    end = max(task["finished_at"] for task in tasks)
+    per_run = [sum(task["wall_seconds"] for task in summary["tasks"]) for summary in summaries]
+    return int(1000 * (end - max(per_run))), int(1000 * end)
 
 
 def _active_runs(client, experiment_id: str) -> list:
@@ -203,14 +221,15 @@ def _trust_tags(summaries: list[dict]) -> dict[str, str]:
     return tags
 
 
-def _create_run(client, experiment_id: str, name: str, tags: dict[str, str]) -> str:
-    return client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+def _create_run(client, experiment_id: str, name: str, tags: dict[str, str], times: tuple[int, int] | None) -> str:
+    start = times[0] if times else None
+    return client.create_run(experiment_id, start_time=start, tags=tags, run_name=name).info.run_id
 
 
-def _finish_run(client, run_id: str, content_hash: str) -> None:
+def _finish_run(client, run_id: str, content_hash: str, times: tuple[int, int] | None) -> None:
     # Last: the hash marks the run as completely imported.
     client.set_tag(run_id, "content_hash", content_hash)
-    client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(run_id, "FINISHED", end_time=times[1] if times else None)
 
 
 def _import_seed(client, experiment_id: str, run: SeedRun, parent_id: str, index: RunIndex) -> str:
@@ -218,18 +237,19 @@ def _import_seed(client, experiment_id: str, run: SeedRun, parent_id: str, index
     run_id = index.current(run.run_key, run.content_hash, parent_id)
     if run_id:
         return run_id
+    times = training_times([summary])
     run_id = _create_run(client, experiment_id, f"{summary['method']}-seed{summary['seed']}", {
         PARENT_RUN_TAG: parent_id, "run_key": run.run_key, "level": "seed",
         "experiment": summary["experiment"], "method": summary["method"], "seed": str(summary["seed"]),
         "git_commit": str(summary.get("git_commit")), "fingerprint": summary["fingerprint"],
-        **_trust_tags([summary])})
+        **_trust_tags([summary])}, times)
     _log_batch(client, run_id, _seed_metrics(summary), _params(summary["settings"], seed=summary["seed"]))
     client.log_dict(run_id, {"orientation": "accuracy_matrix[j][i]: accuracy on task j after training task i",
                              "accuracy_matrix": summary["accuracy_matrix"]}, "accuracy_matrix.json")
     client.log_artifact(run_id, str(run.summary_path))
     for folder, image in run.images:
         client.log_artifact(run_id, str(image), artifact_path=folder)
-    _finish_run(client, run_id, run.content_hash)
+    _finish_run(client, run_id, run.content_hash, times)
     return run_id
 
 
@@ -255,10 +275,11 @@ def _import_method(client, experiment_id: str, experiment: str, method: str, run
     content_hash = _hash(fingerprint)
     parent_id = index.current(run_key, content_hash)
     created = parent_id is None
+    times = training_times([run.summary for run in runs])
     if created:
         parent_id = _create_run(client, experiment_id, method, {
             "run_key": run_key, "level": "group", "experiment": experiment, "method": method,
-            **_trust_tags([run.summary for run in runs])})
+            **_trust_tags([run.summary for run in runs])}, times)
         _log_batch(client, parent_id, _group_metrics(runs), _params(settings))
         if curve:
             client.log_artifact(parent_id, str(curve))
@@ -268,7 +289,7 @@ def _import_method(client, experiment_id: str, experiment: str, method: str, run
     for run in runs:
         run_ids[run.run_key] = _import_seed(client, experiment_id, run, parent_id, index)
     if created:  # after the children, so a parent marked complete always has all of them
-        _finish_run(client, parent_id, content_hash)
+        _finish_run(client, parent_id, content_hash, times)
     return run_ids
 
 

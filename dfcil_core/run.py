@@ -171,7 +171,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
             "n_tasks": data.n_tasks, "fingerprint": chain[-1],
             "parent_fingerprint": chain[-2] if task_index else None,
             **metrics,
-            "wall_seconds": wall, "peak_memory_mb": peak_mb,
+            "wall_seconds": wall, "finished_at": time.time(), "peak_memory_mb": peak_mb,
             "stored_memory": learner.stored_memory(),
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
             "class_order": data.class_order,

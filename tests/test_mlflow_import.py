@@ -28,6 +28,11 @@ def accuracies(task: int, seed: int, shift: float) -> list[float]:
     return [90.0 - 10 * (task - j) - seed + shift for j in range(task + 1)]
 
 
+def finished_at(seed: int, task: int) -> float:
+    """When a task job ended (unix seconds): seed 1's jobs after seed 0's."""
+    return 1_750_000_000.0 + 100 * seed + 10 * task
+
+
 def write_run(root: Path, experiment: str, method: str, seed: int, shift: float = 0.0) -> Path:
     run_dir = root / experiment / method / f"seed{seed}"
     for task in range(N_TASKS):
@@ -37,7 +42,7 @@ def write_run(root: Path, experiment: str, method: str, seed: int, shift: float 
                   "parent_fingerprint": f"{method}{seed}-{task - 1}" if task else None,
                   "accuracy_per_task": accuracies(task, seed, shift), "accuracy_seen": 50.0 + task,
                   "train_steps": 5, "train_images": 640, "train_seconds": 1.5, "images_per_second": 426.0,
-                  "wall_seconds": 2.0, "peak_memory_mb": 100.0, "device": "cpu", "class_order": list(range(10)),
+                  "wall_seconds": 2.0, "finished_at": finished_at(seed, task), "peak_memory_mb": 100.0, "device": "cpu", "class_order": list(range(10)),
                   "settings": {**SETTINGS, "method": method}, "git_commit": "abc123"}
         (run_dir / f"task{task}" / "metrics.json").write_text(json.dumps(record))
     summary = run_dir / "summary.json"
@@ -113,6 +118,25 @@ def test_params_and_scalar_metrics(store):
     assert parent.metrics["final_accuracy_mean"] == pytest.approx(79.5)
     assert parent.metrics["final_accuracy_std"] == pytest.approx(0.5)
     assert parent.metrics["n_seeds"] == 2
+
+
+def test_the_experiment_opens_on_training_runs_whose_times_are_the_training(store):
+    """MLflow 3's UI shows an experiment of kind custom_model_development on its runs table; a run starts the
+    summed job wall time before its last task job ended, and every resolved setting is a param."""
+    client = store["client"]
+    assert client.get_experiment_by_name("exp-a").tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = {run.data.tags["run_key"]: run for run in active_runs(client, "exp-a")}
+    for seed in (0, 1):
+        child = runs[f"exp-a/base/seed{seed}"]
+        assert child.info.end_time == int(1000 * finished_at(seed, N_TASKS - 1))
+        assert child.info.end_time - child.info.start_time == 1000 * 2.0 * N_TASKS  # 3 jobs of 2 s wall
+        flat = {"dataset.name", "model.name", "model.width", "train.epochs", "train.batch_size", "train.lr",
+                "train.lr_milestones", "first_split", "other_split", "max_tasks", "augment",
+                "method_settings.memory_size", "method", "seed"}
+        assert set(child.data.params) == flat
+    parent = runs["exp-a/base"]
+    assert parent.info.end_time == int(1000 * finished_at(1, N_TASKS - 1))
+    assert parent.info.end_time - parent.info.start_time == 1000 * 2.0 * N_TASKS
 
 
 def test_metric_history_has_one_step_per_task(store):
