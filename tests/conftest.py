@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfcil_core.data import write_cifar
+from dfcil_core.data import save_prepared, write_cifar
 
 torch.set_num_threads(1)
 
@@ -32,6 +32,14 @@ def write_cifar100(root, n_per_class_train=5, n_per_class_test=2, seed=0):
         rng.shuffle(fine)
         arrays += [rng.integers(0, 256, size=(len(fine), 32, 32, 3), dtype=np.uint8), fine]
     return write_cifar(root, 100, *arrays)
+
+
+@pytest.fixture(scope="session")
+def mnist_file(tmp_path_factory):
+    """mnist5k prepared once (`dfcil prepare-data`'s file) for the tests that run task jobs on it."""
+    path = tmp_path_factory.mktemp("data") / "mnist5k.npz"
+    save_prepared({"name": "mnist5k"}, path)
+    return path
 
 
 @pytest.fixture

@@ -13,22 +13,14 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from dfcil_core.data import save_prepared
 from dfcil_core.learners import LEARNERS
 from dfcil_core.methods import METHODS
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mnist5k.npz"
-    save_prepared({"name": "mnist5k"}, path)
-    return path
-
-
-def job(settings, data_file, task, out, parent=None):
-    cmd = [str(BIN / "dfcil"), "train-task", "--settings", json.dumps(settings), "--data", str(data_file),
+def job(settings, mnist_file, task, out, parent=None):
+    cmd = [str(BIN / "dfcil"), "train-task", "--settings", json.dumps(settings), "--data", str(mnist_file),
            "--experiment", "tiny", "--seed", "0", "--task", str(task), "--out", str(out), "--device", "cpu",
            "--threads", "1", "--checkpoint-minutes", "0"]
     if parent:
@@ -66,15 +58,15 @@ CASES += [(m, 0) for m in ("dgr", "lwf") if m in LEARNERS]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method, stage", CASES)
-def test_killed_job_resumes_to_the_same_metrics(method, stage, data_file, tmp_path):
+def test_killed_job_resumes_to_the_same_metrics(method, stage, mnist_file, tmp_path):
     hp = {"memory_size": 40} if "memory_size" in METHODS[method].defaults else {}
     hp.update(getattr(LEARNERS[method], "tiny_overrides", {}))
     settings = tiny_settings(method, **hp)
     settings["train"]["epochs"] = 12  # enough epochs that the kill lands inside the stage
-    run(job(settings, data_file, 0, tmp_path / "task0"))
-    run(job(settings, data_file, 1, tmp_path / "uninterrupted", tmp_path / "task0"))
+    run(job(settings, mnist_file, 0, tmp_path / "task0"))
+    run(job(settings, mnist_file, 1, tmp_path / "uninterrupted", tmp_path / "task0"))
 
-    cmd = job(settings, data_file, 1, tmp_path / "task1", tmp_path / "task0")
+    cmd = job(settings, mnist_file, 1, tmp_path / "task1", tmp_path / "task0")
     kill_when(cmd, tmp_path / "task1.checkpoint" / f"stage{stage}.pt")
     assert not (tmp_path / "task1" / "metrics.json").exists()
     run(cmd)
@@ -82,14 +74,14 @@ def test_killed_job_resumes_to_the_same_metrics(method, stage, data_file, tmp_pa
     assert not (tmp_path / "task1.checkpoint").exists(), "checkpoints are removed once the task is done"
 
 
-def test_damaged_or_foreign_checkpoints_are_ignored(data_file, tmp_path):
+def test_damaged_or_foreign_checkpoints_are_ignored(mnist_file, tmp_path):
     settings = tiny_settings("base")
-    run(job(settings, data_file, 0, tmp_path / "reference"))
+    run(job(settings, mnist_file, 0, tmp_path / "reference"))
     checkpoints = tmp_path / "task0.checkpoint"
     checkpoints.mkdir()
     (checkpoints / "stage0.pt").write_bytes(b"PK\x03\x04 truncated")  # killed while writing
     (checkpoints / ".stage0.pt.tmp123").write_bytes(b"partial")
     torch.save({"fingerprint": "0123456789abcdef", "learner": {}, "rng": {}, "result": {}},
                checkpoints / "stage0.done.pt")  # left by a job with other settings
-    run(job(settings, data_file, 0, tmp_path / "task0"))
+    run(job(settings, mnist_file, 0, tmp_path / "task0"))
     assert metrics(tmp_path / "task0") == metrics(tmp_path / "reference")

@@ -33,14 +33,6 @@ def test_resumed_chain_equals_uninterrupted_run(method, tmp_path):
         assert record["final_losses"] == uninterrupted[t]["final_losses"], f"task {t}"
 
 
-@pytest.fixture(scope="module")
-def mnist_file(tmp_path_factory):
-    from dfcil_core.data import save_prepared
-    path = tmp_path_factory.mktemp("data") / "mnist5k.npz"
-    save_prepared({"name": "mnist5k"}, path)
-    return path
-
-
 SHARING = [m for m in sorted(LEARNERS) if any(METHODS[m].shared_main_stage(Task(t, 3, 2 * t, 2 * t + 2))
                                                for t in range(3))]
 

@@ -10,25 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import tiny_settings
 from dfcil_core.checkpoint import Checkpointer, lock_path
-from dfcil_core.data import save_prepared
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mnist5k.npz"
-    save_prepared({"name": "mnist5k"}, path)
-    return path
-
-
-def train_task_cmd(data_file, out):
+def train_task_cmd(mnist_file, out):
     return [str(BIN / "dfcil"), "train-task", "--settings", json.dumps(tiny_settings("base")), "--data",
-            str(data_file), "--experiment", "tiny", "--seed", "0", "--task", "0", "--out", str(out),
+            str(mnist_file), "--experiment", "tiny", "--seed", "0", "--task", "0", "--out", str(out),
             "--device", "cpu", "--threads", "1", "--checkpoint-minutes", "0"]
 
 
@@ -46,11 +37,11 @@ def start_while_locked(cmd, lock: Path, log: Path):
     return holder, proc
 
 
-def test_a_duplicate_job_waits_then_takes_the_results_of_the_job_that_held_the_task(tmp_path, data_file):
+def test_a_duplicate_job_waits_then_takes_the_results_of_the_job_that_held_the_task(tmp_path, mnist_file):
     first = tmp_path / "first" / "task0"
-    subprocess.run(train_task_cmd(data_file, first), check=True, capture_output=True, timeout=300)
+    subprocess.run(train_task_cmd(mnist_file, first), check=True, capture_output=True, timeout=300)
     out = tmp_path / "results" / "task0"
-    holder, duplicate = start_while_locked(train_task_cmd(data_file, out), lock_path(out), tmp_path / "dup.log")
+    holder, duplicate = start_while_locked(train_task_cmd(mnist_file, out), lock_path(out), tmp_path / "dup.log")
     time.sleep(1.0)
     assert duplicate.poll() is None, "the duplicate did not wait while the task was locked"
     shutil.copytree(first, out)  # what the job holding the lock writes before it ends
@@ -63,9 +54,9 @@ def test_a_duplicate_job_waits_then_takes_the_results_of_the_job_that_held_the_t
     assert not out.with_name("task0.checkpoint").exists()
 
 
-def test_a_duplicate_trains_the_task_itself_when_the_lock_holder_died_without_results(tmp_path, data_file):
+def test_a_duplicate_trains_the_task_itself_when_the_lock_holder_died_without_results(tmp_path, mnist_file):
     out = tmp_path / "results" / "task0"
-    holder, duplicate = start_while_locked(train_task_cmd(data_file, out), lock_path(out), tmp_path / "dup.log")
+    holder, duplicate = start_while_locked(train_task_cmd(mnist_file, out), lock_path(out), tmp_path / "dup.log")
     holder.close()  # the holder ends (killed) without having written the task
     assert duplicate.wait(timeout=300) == 0, (tmp_path / "dup.log").read_text()
     assert json.loads((out / "metrics.json").read_text())["task"] == 0

@@ -8,20 +8,13 @@ import pytest
 from conftest import tiny_settings
 from dfcil_core import checkpoint, data as data_module
 from dfcil_core.config import Diverged
-from dfcil_core.data import arrays_digest, load_prepared, prepared_digest, save_prepared
+from dfcil_core.data import arrays_digest, load_prepared, prepared_digest
 from dfcil_core.learners.api import Task
 from dfcil_core.provenance import code_digest
 from dfcil_core.methods import resolve, shared_recipe
 from dfcil_core.run import train_node, train_shared_stage
 
 QUIET = dict(device="cpu", log=lambda m: None)
-
-
-@pytest.fixture(scope="module")
-def mnist_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mnist5k.npz"
-    save_prepared({"name": "mnist5k"}, path)
-    return path
 
 
 def test_a_shared_stage_saves_progress_as_often_as_checkpoint_minutes_says(mnist_file, tmp_path, monkeypatch):
