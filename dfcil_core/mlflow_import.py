@@ -102,14 +102,15 @@ def _experiment_id(client, name: str, tracking_uri: str) -> str:
 
 def training_times(summaries: list[dict]) -> tuple[int, int] | None:
     """(start, end) in ms of the training behind these runs: end = when the last task job finished, start = end
-    minus the summed wall time of a run's task jobs (the longest run's, for a method's parent run), so that the
-    UI's Duration is the training, not the waits between jobs. None for results written before task jobs
-    recorded `finished_at`."""
+    minus a run's training time (its tasks' main stages, wherever a shared one ran, and end-of-task stages; the
+    longest run's, for a method's parent run), so that the UI's Duration is the training, not the waits between
+    jobs. None for results written before task jobs recorded `finished_at`."""
     tasks = [task for summary in summaries for task in summary["tasks"]]
     if any(task.get("finished_at") is None for task in tasks):
         return None
     end = max(task["finished_at"] for task in tasks)
-    per_run = [sum(task["wall_seconds"] for task in summary["tasks"]) for summary in summaries]
+    per_run = [sum(task["train_seconds"] + task.get("end_task_seconds", 0.0) for task in summary["tasks"])
+               for summary in summaries]
     return int(1000 * (end - max(per_run))), int(1000 * end)
 
 
