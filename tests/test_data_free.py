@@ -194,6 +194,18 @@ def test_abd_loss_terms_values():
     assert kd.item() > 0
 
 
+def test_abd_seen_classes_only_puts_no_gradient_on_unseen_logits():
+    for seen_only in (False, True):
+        learner, *_, terms = abd_terms(seen_classes_only=seen_only)
+        head = grad_norms(learner, terms["ce_ft"])["last.weight"]  # (K = 6, d); 4 classes seen at task 1
+        assert head[:4].abs().sum() > 0
+        assert (head[4:].abs().sum() == 0) == seen_only  # the reference pushes unseen logits down (quirk 13)
+        learner.begin_task(Task(0, 3, 0, 2))
+        x, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 1, 1])
+        first = learner.first_task_loss(Batch(x=x, y=y, index=torch.arange(3)))["ce"]
+        assert (grad_norms(learner, first)["last.weight"][2:].abs().sum() == 0) == seen_only
+
+
 def test_abd_switches():
     *_, scaled = abd_terms()
     *_, unscaled = abd_terms(local_ce_scale=False)

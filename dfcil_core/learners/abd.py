@@ -7,7 +7,8 @@ loss on the real batch x and the synthetic batch x̂ (h = penultimate features o
   the head learns from it (normalised by the sample count, not the weight sum);
 - importance-weighted feature distillation: mu · mean ||W°_old (h - h°)||² / n_past through the frozen previous
   head W° (the teacher's), which reaches the backbone only.
-r = n_past / n_seen. Task 0 is CE over all K logits, unseen classes included (quirk 13).
+r = n_past / n_seen. Task 0 is CE over all K logits, unseen classes included (quirk 13); `seen_classes_only` limits
+it and the fine-tuning CE to the seen classes.
 """
 
 import torch
@@ -19,8 +20,12 @@ from dfcil_core.losses import old_new_class_weights, weighted_ce
 
 class ABD(DataFreeLearner):
     name = "abd"
+    def softmax_classes(self) -> int:
+        """How many logits the task-0 and fine-tuning softmaxes cover: all K (reference) or the seen ones."""
+        return self.task.n_seen_classes if self.hp["seen_classes_only"] else self.ctx.n_classes
+
     def first_task_loss(self, batch):
-        return {"ce": F.cross_entropy(self.model(batch.x), batch.y)}
+        return {"ce": F.cross_entropy(self.model(batch.x)[:, :self.softmax_classes()], batch.y)}
 
     def replay_loss(self, batch, x_replay, y_replay, z_replay):
         n_real, n_past, n_seen = len(batch.y), self.task.n_past_classes, self.task.n_seen_classes
@@ -39,6 +44,6 @@ class ABD(DataFreeLearner):
         w_past = self.teacher.last.weight[:n_past]  # (n_past, d), frozen; the biases cancel
         return {
             "ce_local": weighted_ce(local, batch.y - n_past, local_weights[n_past:]),
-            "ce_ft": weighted_ce(self.model.last(h_ft), y, weights),
+            "ce_ft": weighted_ce(self.model.last(h_ft)[:, :self.softmax_classes()], y, weights),
             "kd_feature": self.hp["mu"] * F.linear(h - h_past, w_past).pow(2).sum(dim=1).mean() / n_past,
         }
