@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfcil_core.atomic import write_atomically
 from dfcil_core.provenance import code_digest
 
 _active: contextvars.ContextVar["Checkpointer | None"] = contextvars.ContextVar("checkpointer", default=None)
@@ -58,10 +59,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def _save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)  # a checkpoint folder removed under a running job is remade
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a checkpoint killed while being written is never seen
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))  # a folder removed under a running job is remade
 
 
 class Checkpointer:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dfcil_core.atomic import write_atomically
 from dfcil_core.config import IMAGENET50_CLASSES, ConfigError, class_order, class_order_family, task_sizes
 from dfcil_core.learners.api import Batch
 from dfcil_core.provenance import file_digest
@@ -334,10 +335,11 @@ def save_prepared(cfg: dict, path: Path) -> None:
     every training job loads it in milliseconds (written under a temporary name, then renamed). The file
     carries the digest of its arrays: jobs read it instead of hashing the whole file (ImageNet-50: ~10 GB)."""
     arrays = load_arrays(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **dict(zip(ARRAY_NAMES, arrays)), digest=np.array(arrays_digest(arrays)))
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **dict(zip(ARRAY_NAMES, arrays)), digest=np.array(arrays_digest(arrays)))
+    write_atomically(path, write)
 
 
 def load_prepared(path: Path):

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfcil_core.atomic import write_text_atomically
 from dfcil_core.config import ConfigError, canonical_json, dataset_id
-from dfcil_core.report import (UNRECORDED, common_settings, diverged_seeds, flatten, mean_std, read_summary,
-                               write_text_atomically)
+from dfcil_core.report import UNRECORDED, common_settings, diverged_seeds, flatten, mean_std, read_summary
 
 # Part of every content hash: bump it when what gets logged changes, so that the next import redoes all runs.
 IMPORT_FORMAT = 3  # 2: divergence and code-digest tags; 3: run times from the training jobs

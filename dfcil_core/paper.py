@@ -27,11 +27,11 @@ from statistics import fmean
 
 import yaml
 
+from dfcil_core.atomic import write_atomically, write_text_atomically
 from dfcil_core.config import ConfigError, class_order_family, dataset_id, n_classes, run_settings
 from dfcil_core.methods import GENERATIVE_METHODS, display_name
 from dfcil_core.report import (_LATEX_ESCAPES, DIVERGED_MARK, DIVERGENCE_FOOTNOTE, check_code_versions, code_line,
-                               diverged_seeds, divergence_note, common_settings, flatten, mean_std, read_summary,
-                               write_text_atomically)
+                               diverged_seeds, divergence_note, common_settings, flatten, mean_std, read_summary)
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "published" / "abd_iccv2021.yaml"
 TABLES = ("no_coreset", "coreset")
@@ -607,12 +607,9 @@ def _figure(width: float, height: float):
 def save_figure(figure, png: Path) -> None:
     """PNG and an SVG of the same stem; no software/date metadata, so the files depend on the data only."""
     import matplotlib
-    png.parent.mkdir(parents=True, exist_ok=True)
     for path, fmt_, meta in ((png, "png", {"Software": None}), (png.with_suffix(".svg"), "svg", {"Date": None})):
-        tmp = path.with_name(f".{path.name}.tmp")
         with matplotlib.rc_context({"svg.hashsalt": "dfcil"}):
-            figure.savefig(tmp, format=fmt_, metadata=meta)
-        tmp.replace(path)
+            write_atomically(path, lambda tmp: figure.savefig(tmp, format=fmt_, metadata=meta))
 
 
 def _empty(axes, text: str) -> None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Iterable
 
+from dfcil_core.atomic import write_atomically, write_text_atomically
 from dfcil_core.config import ConfigError, flatten
 from dfcil_core.methods import display_name
 
@@ -113,18 +113,6 @@ def _check_same_run(run_dir: Path, records: list[dict]) -> None:
         if record["parent_fingerprint"] != records[t - 1]["fingerprint"]:
             raise ConfigError(f"{path} was trained from a state with fingerprint {record['parent_fingerprint']}, "
                               f"not task {t - 1}'s {records[t - 1]['fingerprint']}; rerun task {t}")
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary name and rename, so a half-written file never looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def summarize_run(run_dir: Path, n_tasks: int, out: Path) -> dict:
@@ -406,7 +394,7 @@ def plot_accuracy_curves(experiment: str, rows: list[MethodRow], out: Path) -> N
     axes.legend()
     figure.tight_layout()
     # No "Software" metadata: the file then depends on the data only, not on the matplotlib version.
-    _write_atomically(out, lambda tmp: figure.savefig(tmp, format="png", metadata={"Software": None}))
+    write_atomically(out, lambda tmp: figure.savefig(tmp, format="png", metadata={"Software": None}))
 
 
 def experiment_table(summaries: list[Path], out_prefix: Path, refuse_mixed_code: bool = False) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from dfcil_core.config import ConfigError, Diverged, StateError, differences, fingerprint
+from dfcil_core.atomic import write_atomically, write_text_atomically
 from dfcil_core.checkpoint import Checkpointer, checkpointing, exclusive, lock_path
 from dfcil_core.data import TrainData, load_prepared, prepared_digest
 from dfcil_core.devices import pick_device
@@ -34,13 +34,6 @@ def fingerprints(settings: dict, seed: int, n: int, identity: dict) -> list[str]
         parent = fingerprint(settings, seed, t, parent, identity)
         chain.append(parent)
     return chain
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary name and rename, so a half-written file never looks complete."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def load_state(parent_dir: Path, expected_fp: str, provenance: dict, device: torch.device) -> dict:
@@ -161,7 +154,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / STATE_FILE, lambda p: torch.save(
+        write_atomically(out_dir / STATE_FILE, lambda p: torch.save(
             {"fingerprint": chain[-1], "method": method, "seed": seed, "task": task_index,
              "provenance": {"settings": settings, "seed": seed, "task": task_index, "identity": identity},
              "learner": learner.state_dict()}, p))
@@ -185,7 +178,7 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
             # A main stage restored from a shared node was computed by the code that ran there.
             "shared_stage_code_digest": checkpointer.shared_code_digest(0) if shared_stage is not None else None,
         }
-        atomic_write(out_dir / METRICS_FILE, lambda p: p.write_text(json.dumps(record, indent=1)))
+        write_text_atomically(out_dir / METRICS_FILE, json.dumps(record, indent=1))
         checkpointer.remove()
         log(f"accuracy per seen task {['%.1f' % a for a in metrics['accuracy_per_task']]}, "
             f"seen classes {metrics['accuracy_seen']:.2f}%, {wall:.1f}s")
