@@ -11,9 +11,6 @@ of the epochs, as the demo's [6, 8] of 10) and every memory method's `memory_siz
 """
 
 import argparse
-import json
-import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,6 +19,7 @@ import yaml
 
 from dfcil_core.config import deep_merge, experiments, run_settings
 from dfcil_core.report import mean_std
+from sweep import SweepRecord  # benchmarks/sweep.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist5k-5task"
@@ -82,22 +80,14 @@ def main() -> None:
     jobs = [(e, mem, m, s, args.data_root) for e, mem in grid for m in args.methods for s in args.seeds
             # without memory, LwF's result does not depend on the memory size: run it once per epoch count
             if m in MEMORY_METHODS or (e, mem) == min(g for g in grid if g[0] == e)]
-    record = json.loads(args.out.read_text()) if args.out and args.out.exists() else {"commands": [], "runs": []}
-    runs = record["runs"]
-    done = {key(r) for r in runs}
+    record = SweepRecord(args.out, "python benchmarks/coreset_schedules.py " + " ".join(
+        ["--grid", *args.grid, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs)]))
+    done = {key(r) for r in record.runs}
     jobs = [j for j in jobs if key(dict(zip(("epochs", "memory", "method", "seed"), j))) not in done]
     with ProcessPoolExecutor(args.jobs) as pool:
         for run in pool.map(one_run, jobs):
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-            if args.out:  # after every run: an interrupted sweep keeps what it finished
-                import torch
-                record["commands"] = sorted({*record["commands"], "python benchmarks/coreset_schedules.py " + " ".join(
-                    ["--grid", *args.grid, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs)])})
-                record.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", torch=torch.__version__)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(record, indent=1))
-    print(table(runs))
+            record.add(run)
+    print(table(record.runs))
 
 
 def key(run: dict) -> tuple:

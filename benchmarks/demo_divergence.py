@@ -13,9 +13,6 @@ A variant is a name in VARIANTS: overrides merged over the demo's `defaults`.
 """
 
 import argparse
-import json
-import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +21,7 @@ import yaml
 
 from dfcil_core.config import deep_merge, experiments, run_settings
 from dfcil_core.report import mean_std
+from sweep import SweepRecord  # benchmarks/sweep.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist5k-5task"
@@ -98,24 +96,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON file for every run's result; runs it already holds are kept "
                     "and not trained again")
     args = ap.parse_args()
-    record = json.loads(args.out.read_text()) if args.out and args.out.exists() else {"commands": [], "runs": []}
-    runs = record["runs"]
-    done = {key(r) for r in runs}
+    record = SweepRecord(args.out, "python benchmarks/demo_divergence.py " + " ".join(
+        ["--variant", *args.variant, "--methods", *args.methods, "--seeds", *map(str, args.seeds),
+         "--jobs", str(args.jobs)]))
+    done = {key(r) for r in record.runs}
     jobs = [(v, m, s, args.data_root) for v in args.variant for m in args.methods for s in args.seeds
             if (v, m, s) not in done]
     with ProcessPoolExecutor(args.jobs) as pool:
         for run in pool.map(one_run, jobs):
-            print(json.dumps(run), flush=True)
-            runs.append(run)
-            if args.out:  # after every run: an interrupted sweep keeps what it finished
-                import torch
-                record["commands"] = sorted({*record["commands"], "python benchmarks/demo_divergence.py " + " ".join(
-                    ["--variant", *args.variant, "--methods", *args.methods, "--seeds", *map(str, args.seeds),
-                     "--jobs", str(args.jobs)])})
-                record.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", torch=torch.__version__)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(record, indent=1))
-    print(table([r for r in runs if r["variant"] in args.variant and r["method"] in args.methods]))
+            record.add(run)
+    print(table([r for r in record.runs if r["variant"] in args.variant and r["method"] in args.methods]))
 
 
 if __name__ == "__main__":
