@@ -20,7 +20,7 @@ from torch import Tensor
 
 from dfcil_core.atomic import write_atomically
 from dfcil_core.config import IMAGENET50_CLASSES, ConfigError, class_order, class_order_family, task_sizes
-from dfcil_core.learners.api import Batch
+from dfcil_core.batch import Batch
 from dfcil_core.provenance import file_digest
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dfcil_core.trainer import Stage, run_stage
+
 EPS = 1e-8  # datafree_helper.py DeepInversionFeatureHook: added to both variances
 
 
@@ -114,7 +116,6 @@ def invert(generator: nn.Module, opt: torch.optim.Optimizer, teacher: nn.Module,
     hp: gen_lr, bn_stat_weight, smoothness_weight, content_temperature, content_weight (the reference's
     `deep_inv_params`, by name). `opt` carries Adam's state across tasks when the caller keeps it.
     switches: how the iteration runs (`fast.stage_switches` of the experiment's `train`); None = fp32 eager."""
-    from dfcil_core.trainer import Stage, run_stage  # not at module level: the trainer imports the learners
 
     chunks = _chunks(iters)
     done = 0

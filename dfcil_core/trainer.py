@@ -12,7 +12,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -20,7 +20,11 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from dfcil_core import checkpoint, fast
-from dfcil_core.learners.api import Batch, Learner, Task
+from dfcil_core.batch import Batch
+from dfcil_core.methods import Task
+
+if TYPE_CHECKING:  # for annotations only: the learners import this module for their own stages
+    from dfcil_core.learners.api import Learner
 
 LossFn = Callable[[Batch | None], dict[str, Tensor]]
 

@@ -24,19 +24,9 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from dfcil_core import fast, trainer
+from dfcil_core.batch import Batch  # noqa: F401  (re-exported: the learners' batch type)
 from dfcil_core.methods import Task  # noqa: F401  (the learners' task type; torch-free, for the workflow's parse)
-
-
-@dataclass
-class Batch:
-    """One training batch: augmented, normalized images on the device and their remapped labels.
-
-    `index` holds each sample's position in the full training set (memory selection needs it).
-    Synthetic replay is not part of the batch: data-free learners draw it inside `loss`."""
-
-    x: Tensor
-    y: Tensor
-    index: Tensor
 
 
 @dataclass
@@ -155,7 +145,6 @@ class Learner:
         `run_stage`: the experiment's epochs, milestones, momentum, weight decay and fast-path switches, its lr
         times `lr_factor`, and the reference's loader (batch_size or the experiment's, drop_last; fewer
         samples than a batch make one batch per epoch)."""
-        from dfcil_core import fast, trainer  # not at module level: the trainer imports this module
         train = self.ctx.train
         trainer.run_stage(trainer.Stage(
             name=name, params=params, loss=loss, indices=indices, epochs=train["epochs"],
