@@ -198,6 +198,8 @@ def exclusive(lock: Path, log=print):
             log(f"another job ({handle.read().strip() or 'unknown'}) holds {lock}; waiting for it to end")
             fcntl.flock(handle, fcntl.LOCK_EX)
             log(f"{lock} is free")
+        except OSError as e:  # e.g. Lustre mounted without flock support: ENOSYS
+            log(f"cannot lock {lock} ({e}); running without the one-job-per-task guard")
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
