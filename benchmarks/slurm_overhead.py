@@ -19,16 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from conftest import write_cifar100  # noqa: E402
 from slurm_cluster import start_cluster  # noqa: E402
-from test_workflow import tiny_config  # noqa: E402
-
-RESOURCES = {"train_task": {"gpus": 0, "cpus": 1, "runtime": 10, "mem_mb": 1000},
-             "prepare_data": {"runtime": 10, "mem_mb": 1000}}
+from test_slurm import write_config  # noqa: E402  (the Slurm tests' tiny configuration)
 
 
 def main() -> None:
@@ -37,16 +31,13 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["PYTHONPATH"] = str(args.repo.resolve())
     work = Path(tempfile.mkdtemp(prefix="dfcil-slurm-overhead-"))
-    write_cifar100(work / "data")
-    config = yaml.safe_load(tiny_config(work).read_text())
-    config.update(device="cpu", resources=RESOURCES)
-    (work / "tiny.yaml").write_text(yaml.safe_dump(config))
+    config = write_config(work)
     cluster, munged, error = start_cluster()
     if error:
         sys.exit(error)
     try:
         cmd = [str(Path(sys.executable).parent / "snakemake"), "--workflow-profile", str(args.repo / "profiles/slurm"),
-               "--configfile", "tiny.yaml", "--snakefile", str(args.repo / "Snakefile")]
+               "--configfile", config.name, "--snakefile", str(args.repo / "Snakefile")]
         start = time.perf_counter()
         out = subprocess.run(cmd, cwd=work, env=cluster.env, capture_output=True, text=True, timeout=1800)
         print(f"{' '.join(cmd)}\nexit {out.returncode}, {time.perf_counter() - start:.0f} s in all")
