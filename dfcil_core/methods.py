@@ -165,7 +165,8 @@ METHODS: dict[str, Method] = {
         # Quirk 1 (§4.9): the reference evaluates without the bias layers (validation() calls
         # model.forward); true = corrected logits at test time, as the BiC paper.
         "bias_at_eval": False,
-        # Stage 2 batch; null = the experiment's batch (reference: 128 with drop_last on 150-400 images).
+        # Stage 2 batch; null = the experiment's batch (reference: 128 with drop_last on 150-400 images;
+        # a holdout smaller than one batch makes no step, as the reference's loader yields no batch).
         "bias_batch_size": None,
     }, first_task_is_base, check_bic),
     "dgr": Method("DGR", {  # its VAE trains with the classifier from task 0 on: no shared stage

@@ -220,7 +220,7 @@ def test_bic_bias_layers_in_training_always_and_at_evaluation_per_switch(tiny, a
 
 @pytest.mark.parametrize("bn_train", [True, False])
 def test_bic_bias_stage_fits_only_alpha_beta_and_bn_statistics_per_switch(tiny, bn_train):
-    (train, data, _), learner = tiny, make(tiny, "bic", memory_size=40, bias_bn_train=bn_train)
+    (train, data, _), learner = tiny, make(tiny, "bic", memory_size=40, bias_bn_train=bn_train, bias_batch_size=4)
     train_task(learner, Task(0, 3, 0, 2), data, train, seed=0, log=lambda m: None)
     task = Task(1, 3, 2, 4)
     learner.begin_task(task)
@@ -232,6 +232,24 @@ def test_bic_bias_stage_fits_only_alpha_beta_and_bn_statistics_per_switch(tiny, 
     assert not any(k.endswith(("weight", "bias")) for k in changed)  # the network's parameters are frozen
     assert bool(changed) == bn_train and all("running" in k or "num_batches" in k for k in changed)
     assert len(learner.bias) == 1 and not torch.equal(learner.bias[0].detach(), torch.tensor([1.0, 0.0]))
+
+
+def test_bic_bias_stage_on_a_holdout_smaller_than_a_batch_makes_no_step(tiny):
+    """The reference's stage-2 loader drops the last partial batch: an 8-image holdout with batches of 32
+    yields no batch, so neither alpha/beta nor the BN running statistics move (bias_bn_train is on)."""
+    (train, data, _), learner = tiny, make(tiny, "bic", memory_size=40)
+    train_task(learner, Task(0, 3, 0, 2), data, train, seed=0, log=lambda m: None)
+    task = Task(1, 3, 2, 4)
+    learner.begin_task(task)
+    learner.train_indices(task)
+    assert len(learner.holdout) == 8 and train["batch_size"] == 32
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    lines = []
+    learner.log = lines.append
+    learner.end_task(task)
+    assert all(torch.equal(v, learner.model.state_dict()[k]) for k, v in before.items())
+    assert learner.bias[0].tolist() == [1.0, 0.0]
+    assert any("no step" in line for line in lines)
 
 
 # ---------------------------------------------------------------- memory selection (§6.3-6.4)

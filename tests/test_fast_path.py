@@ -299,7 +299,7 @@ def test_training_with_the_graphed_runner_equals_eager_bit_for_bit(fake_graphs):
     assert len(fake_graphs) == 4 and all(g.events.count("capture") == 2 for g in fake_graphs)
 
 
-OWN_STAGE_HP = {"e2e": {"memory_size": 40}, "bic": {"memory_size": 40},
+OWN_STAGE_HP = {"e2e": {"memory_size": 40}, "bic": {"memory_size": 40, "bias_batch_size": 4},
                 "abd": {"power_iters": 4, "generator_width": 4}, "deep_inversion": {"power_iters": 4, "generator_width": 4}}
 
 
