@@ -30,3 +30,16 @@ def old_new_class_weights(n_past: int, n_seen: int, n_classes: int, device=None)
 def weighted_ce(logits: Tensor, y: Tensor, class_weights: Tensor) -> Tensor:
     """The reference's `criterion`: mean over the batch of w_y · CE, normalised by N, not by the sum of w."""
     return (F.cross_entropy(logits, y, reduction="none") * class_weights[y]).mean()
+
+
+def angle_relations(e: Tensor) -> Tensor:
+    """cos of the angle at vertex j between samples i and k, for every (i, j, k) of a batch of embeddings (N, d):
+    <(e_i - e_j)/|e_i - e_j|, (e_k - e_j)/|e_k - e_j|>, flattened to N³ (a zero difference has cosine 0)."""
+    d = F.normalize(e[None, :, :] - e[:, None, :], p=2, dim=2)  # d[j, i] = unit(e_i - e_j)
+    return torch.bmm(d, d.transpose(1, 2)).flatten()
+
+
+def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Angle-wise relational KD (Park et al., CVPR 2019): mean |angle relations of the student - the teacher's|
+    over every triplet of the batch (cl-lite nn/loss/distill_relation.py `RKDAngleLoss`, without its projections)."""
+    return F.l1_loss(angle_relations(student), angle_relations(teacher))

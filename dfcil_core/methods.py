@@ -44,7 +44,7 @@ def own_main_stage(task: Task) -> str | None:
     return None
 
 
-def no_check(hp: dict, sizes: list[int]) -> None:
+def no_check(hp: dict, sizes: list[int], train: dict) -> None:
     pass
 
 
@@ -58,7 +58,7 @@ class Method:
     shared_main_stage: Callable[[Task], str | None] = own_main_stage
     # Raises ConfigError for hyperparameters that cannot run on these tasks (class counts per task), so that the
     # workflow refuses them before any job starts rather than failing at a later task.
-    check: Callable[[dict, list[int]], None] = no_check
+    check: Callable[[dict, list[int], dict], None] = no_check
     generative: bool = False  # trains a generator or VAE, and leaves a grid of its samples after every task
 
 
@@ -76,11 +76,11 @@ LWF_MC_VARIANTS = ("softmax", "bce")
 E2E_NEW_KD_TARGETS = ("previous_teacher", "stage_a")
 
 
-def check_lwf_mc(hp: dict, sizes: list[int]) -> None:
+def check_lwf_mc(hp: dict, sizes: list[int], train: dict) -> None:
     require_one_of("lwf_mc", hp, "variant", LWF_MC_VARIANTS)
 
 
-def check_e2e(hp: dict, sizes: list[int]) -> None:
+def check_e2e(hp: dict, sizes: list[int], train: dict) -> None:
     require_one_of("e2e", hp, "balanced_new_kd", E2E_NEW_KD_TARGETS)
     # the reference's target takes the previous model's first |C_t| logits: it needs |C_t| <= n_old
     if hp["balanced_new_kd"] == "previous_teacher":
@@ -92,7 +92,7 @@ def check_e2e(hp: dict, sizes: list[int]) -> None:
                     "old classes: use balanced_new_kd 'stage_a' or a larger first task")
 
 
-def check_bic(hp: dict, sizes: list[int]) -> None:
+def check_bic(hp: dict, sizes: list[int], train: dict) -> None:
     most_old = sum(sizes[:-1])  # classes seen before the last task
     if len(sizes) > 1 and holdout_per_class(hp["memory_size"], most_old, hp["holdout_fraction"]) < 1:
         raise ConfigError(
@@ -100,6 +100,12 @@ def check_bic(hp: dict, sizes: list[int]) -> None:
             f"image per class for the bias layer once {most_old} classes are old; memory_size must be at least "
             f"{math.ceil(most_old / hp['holdout_fraction'])}")
 
+
+
+def check_rdfcil(hp: dict, sizes: list[int], train: dict) -> None:
+    if not 0 <= hp["finetune_epochs"] < train["epochs"]:
+        raise ConfigError(f"rdfcil: finetune_epochs {hp['finetune_epochs']} must be at least 0 and fewer than the "
+                          f"{train['epochs']} epochs of a task (its head refinement is the last finetune_epochs)")
 
 MEMORY = {
     "memory_size": 2000,        # experiments/cifar100-*.sh: --memory 2000
@@ -194,6 +200,20 @@ METHODS: dict[str, Method] = {
         # about 45 % instead of 42 % on CIFAR-100 with this fixed; setting not stated there).
         "seen_classes_only": False,
     }, generative=True),
+    # R-DFCIL (Gao et al., ECCV 2022; gqk/R-DFCIL f47e123 module.py, on gqk/cl-lite v0.5.0). Its task 0 trains
+    # fewer epochs than Base's (the head refinement takes the last finetune_epochs, idle at task 0): no shared stage.
+    "rdfcil": Method("R-DFCIL", {
+        **DATA_FREE,
+        "power_iters": 5000,   # module.py num_inv_iters
+        "warm_start": False,   # update_old_model: a new GenerativeInversion, so a fresh generator, every task
+        "lambda_ce": 0.5,      # module.py lambda_ce, lambda_hkd, lambda_rkd
+        "lambda_hkd": 0.15,
+        "lambda_rkd": 0.5,
+        "rkd_projection_factor": 2,  # update_old_model: RKDAngleLoss(d, proj_dim=2 * d), both sides projected
+        "finetune_epochs": 40,       # module.py finetuning_epochs: the last 40 of the task's epochs (200 there)
+        "finetune_lr": 0.005,        # module.py finetuning_lr: constant, no milestones (ConstantLR in SequentialLR)
+        "train": {"weight_decay": 5e-4},  # module.py weight_decay; its lr 0.1 and momentum 0.9 are the paper's too
+    }, check=check_rdfcil, generative=True),
 }
 GENERATIVE_METHODS = tuple(m for m, spec in METHODS.items() if spec.generative)
 
@@ -226,8 +246,8 @@ def resolve(settings: dict) -> tuple[dict, dict, dict]:
     hp = resolve_hyperparameters(settings["method"], settings.get("method_settings") or {})
     sizes = task_sizes(n_classes(settings["dataset"]), settings["first_split"], settings["other_split"],
                        settings.get("max_tasks"))
-    method(settings["method"]).check(hp, sizes)
     train = deep_merge(settings["train"], hp.get("train", {}))
+    method(settings["method"]).check(hp, sizes, train)
     return {**settings, "method_settings": hp}, hp, train
 
 

@@ -207,7 +207,7 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
     switches = fast.stage_switches(train)
     main = Stage(
         name=f"task{task.index}", params=learner.parameters(), loss=learner.loss,
-        indices=learner.train_indices(task), epochs=train["epochs"], lr=train["lr"],
+        indices=learner.train_indices(task), epochs=learner.main_stage_epochs(train), lr=train["lr"],
         lr_milestones=train["lr_milestones"], momentum=train["momentum"],
         weight_decay=train["weight_decay"], batch_size=train["batch_size"],
         normalize=learner.normalize_inputs, log_every_epochs=train.get("log_every_epochs", 0), log=log,

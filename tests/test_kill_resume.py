@@ -54,6 +54,7 @@ def metrics(task_dir):
 CASES = [("base", 0), ("naive_rehearsal", 0)]
 CASES += [(m, 1) for m in ("e2e", "bic", "abd", "deep_inversion") if m in LEARNERS]
 CASES += [(m, 0) for m in ("dgr", "lwf") if m in LEARNERS]
+CASES += [("rdfcil", 0), ("rdfcil", 1)]  # its main stage carries projections and label counts; 1: the head refinement
 
 
 @pytest.mark.slow
@@ -63,6 +64,8 @@ def test_killed_job_resumes_to_the_same_metrics(method, stage, mnist_file, tmp_p
     if method == "bic":  # the 8-image holdout must fill a bias batch, or stage 2 makes no step
         hp["bias_batch_size"] = 4
     hp.update(getattr(LEARNERS[method], "tiny_overrides", {}))
+    if method == "rdfcil":
+        hp["finetune_epochs"] = 6  # of the 12 below
     settings = tiny_settings(method, **hp)
     settings["train"]["epochs"] = 12  # enough epochs that the kill lands inside the stage
     run(job(settings, mnist_file, 0, tmp_path / "task0"))

@@ -15,6 +15,7 @@ from dfcil_core.learners.lwf_coreset import LwFCoreset
 from dfcil_core.learners.lwf_mc import LwFMC
 from dfcil_core.learners.lwf_synthetic import LwFSynthetic
 from dfcil_core.learners.naive_rehearsal import NaiveRehearsal
+from dfcil_core.learners.rdfcil import RDFCIL
 from dfcil_core.learners.upper_bound import UpperBound
 
 LEARNERS: dict[str, type[Learner]] = {
@@ -30,6 +31,7 @@ LEARNERS: dict[str, type[Learner]] = {
     "deep_inversion": DeepInversion,
     "lwf_synthetic": LwFSynthetic,
     "abd": ABD,
+    "rdfcil": RDFCIL,
 }
 
 

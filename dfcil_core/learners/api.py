@@ -81,6 +81,10 @@ class Learner:
         """What the main stage's SGD optimizes."""
         return list(self.model.parameters())
 
+    def main_stage_epochs(self, train: dict) -> int:
+        """How many of the task's epochs the main stage takes (the rest are the learner's own stages)."""
+        return train["epochs"]
+
     def loss(self, batch: Batch) -> dict[str, Tensor]:
         """Named loss terms for one batch; the trainer sums them. No host syncs here."""
         return {"ce": F.cross_entropy(self.seen_logits(batch.x), batch.y)}
@@ -140,10 +144,12 @@ class Learner:
         return teacher
 
     def second_stage(self, name: str, params: list[nn.Parameter], loss: Callable, indices: Tensor,
-                     lr_factor: float, batch_size: int | None) -> None:
-        """An end-of-task stage (E2E balanced fine-tuning, BiC bias correction) through the shared
-        `run_stage`: the experiment's epochs, milestones, momentum, weight decay and fast-path switches, its lr
-        times `lr_factor`, and the reference's loader (batch_size or the experiment's, drop_last).
+                     lr_factor: float, batch_size: int | None, epochs: int | None = None,
+                     lr_milestones: list[int] | None = None) -> None:
+        """An end-of-task stage (E2E balanced fine-tuning, BiC bias correction, R-DFCIL head refinement) through
+        the shared `run_stage`: the experiment's epochs and milestones unless given, its momentum, weight decay and
+        fast-path switches, its lr times `lr_factor`, and the reference's loader (batch_size or the experiment's,
+        drop_last).
 
         Fewer samples than one batch make no step at all, as the reference's drop_last loader yields no batch:
         a single step per epoch on a small holdout would still move the BN running statistics in train mode,
@@ -155,8 +161,9 @@ class Learner:
                      "as the reference's drop_last loader")
             return
         trainer.run_stage(trainer.Stage(
-            name=name, params=params, loss=loss, indices=indices, epochs=train["epochs"],
-            lr=train["lr"] * lr_factor, lr_milestones=train["lr_milestones"], momentum=train["momentum"],
+            name=name, params=params, loss=loss, indices=indices, epochs=train["epochs"] if epochs is None else epochs,
+            lr=train["lr"] * lr_factor, momentum=train["momentum"],
+            lr_milestones=train["lr_milestones"] if lr_milestones is None else lr_milestones,
             weight_decay=train["weight_decay"], batch_size=batch_size,
             log=self.log, **fast.stage_switches(train)), self.ctx.data)
 
