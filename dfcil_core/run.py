@@ -163,7 +163,8 @@ def train_node(settings: dict, experiment: str, seed: int, task_index: int, out_
             "experiment": experiment, "method": method, "seed": seed, "task": task_index,
             "n_tasks": data.n_tasks, "fingerprint": chain[-1],
             "parent_fingerprint": chain[-2] if task_index else None,
-            **metrics,
+            # the per-epoch loss curve is returned to in-process callers (benchmarks/bench.py), not stored
+            **{k: v for k, v in metrics.items() if k != "epoch_losses"},
             "wall_seconds": wall, "finished_at": time.time(), "peak_memory_mb": peak_mb,
             "stored_memory": learner.stored_memory(),
             "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),

@@ -83,12 +83,14 @@ def lr_factor(epoch: int, milestones: list[int]) -> float:
 
 
 def run_stage(stage: Stage, data) -> dict:
-    """Optimise `stage.loss` over `stage.params`; returns step/sample counts and the last mean losses.
+    """Optimise `stage.loss` over `stage.params`; returns step/sample counts, the mean of each loss term in
+    every epoch (`epoch_losses`, one dict per epoch) and in the last one (`losses`), and the seconds it took.
 
-    The step has a fixed batch shape and makes no host syncs: loss values are accumulated on the
-    device and read once per logged epoch. `fast.make_runner` decides how each step executes (eager or a
-    CUDA graph replay). Inside a checkpointed job (`checkpoint.checkpointing`),
-    progress is saved at epoch boundaries and a restarted job continues where it stopped."""
+    The step has a fixed batch shape and makes no host syncs: each epoch's loss sums stay on the device and
+    are read on the host at a logged epoch, at a checkpoint and at the stage's end. `fast.make_runner` decides
+    how each step executes (eager or a CUDA graph replay). Inside a checkpointed job
+    (`checkpoint.checkpointing`), progress is saved at epoch boundaries (with the epoch losses so far) and a
+    restarted job continues where it stopped, returning what an uninterrupted stage returns."""
     ckpt = checkpoint.active()
     ordinal = ckpt.claim_ordinal() if ckpt else None
     if ckpt and (done := ckpt.completed(ordinal)) is not None:
@@ -101,11 +103,11 @@ def run_stage(stage: Stage, data) -> dict:
     steps = stage.steps_per_epoch if stage.indices is None else n // stage.batch_size
     if stage.indices is not None and steps == 0:
         raise ValueError(f"stage {stage.name!r}: {n} samples is fewer than one batch of {stage.batch_size}")
-    last: dict[str, float] = {}
+    epoch_losses = EpochLosses(steps)
     samples, first_epoch, earlier_seconds = 0, 0, 0.0
     if ckpt and (resumed := ckpt.progress(ordinal, opt)) is not None:
-        first_epoch, samples, last = resumed["epoch"], resumed["samples"], resumed["last"]
-        earlier_seconds = resumed["seconds"]
+        first_epoch, samples, earlier_seconds = resumed["epoch"], resumed["samples"], resumed["seconds"]
+        epoch_losses.extend_read(resumed["epoch_losses"])
     runner = fast.make_runner(stage, data, opt)  # after any restore: a graph captures the restored tensors
     start = time.perf_counter()
     for epoch in range(first_epoch, stage.epochs):
@@ -113,26 +115,48 @@ def run_stage(stage: Stage, data) -> dict:
         order = None if stage.indices is None else stage.indices[torch.randperm(n, device=device)]
         for step in range(steps):
             runner.step(None if order is None else order[step * stage.batch_size:(step + 1) * stage.batch_size])
-        sums = runner.take_sums()
+        epoch_losses.append(runner.take_sums())
         samples += steps * (stage.batch_size if order is not None else 1)
         logged = stage.log_every_epochs and (epoch + 1) % stage.log_every_epochs == 0
         if logged or epoch == stage.epochs - 1:
             # this epoch's mean of each term; a non-finite one is recorded, not raised (see `train_task`)
-            last = {k: float(v) / steps for k, v in sums.items()}
             stage.log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} "
-                      + " ".join(f"{k}={v:.4f}" for k, v in last.items()))
+                      + " ".join(f"{k}={v:.4f}" for k, v in epoch_losses.read()[-1].items()))
         if ckpt and epoch + 1 < stage.epochs and ckpt.due():
-            ckpt.save_progress(ordinal, opt, epoch + 1, {"samples": samples, "last": last,
+            ckpt.save_progress(ordinal, opt, epoch + 1, {"samples": samples, "epoch_losses": epoch_losses.read(),
                                                         "seconds": earlier_seconds + time.perf_counter() - start})
     runner.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     # `seconds` is the stage's compute time over every attempt (and wherever a shared stage ran).
-    result = {"steps": steps * stage.epochs, "samples": samples, "losses": last,
-              "seconds": earlier_seconds + time.perf_counter() - start}
+    means = list(epoch_losses.read())
+    result = {"steps": steps * stage.epochs, "samples": samples, "losses": means[-1] if means else {},
+              "epoch_losses": means, "seconds": earlier_seconds + time.perf_counter() - start}
     if ckpt:
         ckpt.save_completed(ordinal, result)
     return result
+
+
+class EpochLosses:
+    """The mean of each loss term per epoch of one stage. An epoch's sums are kept as the device tensors the
+    runner returns and divided by the step count on the host when read, so that recording them costs no sync."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.means: list[dict[str, float]] = []  # the epochs already read on the host
+        self.pending: list[dict[str, Tensor]] = []  # later epochs' sums, still on the device
+
+    def append(self, sums: dict[str, Tensor]) -> None:
+        self.pending.append(sums)
+
+    def extend_read(self, means: list[dict[str, float]]) -> None:
+        self.means.extend(means)
+
+    def read(self) -> list[dict[str, float]]:
+        for sums in self.pending:
+            self.means.append({k: float(v) / self.steps for k, v in sums.items()})
+        self.pending.clear()
+        return self.means
 
 
 @torch.no_grad()
@@ -197,7 +221,8 @@ def current_task_fit(learner: Learner, task: Task, data, batch_size: int = 1000)
 
 def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
                log: Callable[[str], None] = print) -> dict:
-    """Train one task end to end and evaluate it. Returns the task's metrics (accuracy and timing)."""
+    """Train one task end to end and evaluate it. Returns the task's metrics (accuracy and timing) and its
+    main stage's loss means per epoch (`epoch_losses`)."""
     seed_everything(learner.stream_seed(task, seed))
     if data.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(data.device)
@@ -233,5 +258,7 @@ def train_task(learner: Learner, task: Task, data, train: dict, seed: int,
         "images_per_second": counts["samples"] / train_seconds if train_seconds > 0 else None,
         "end_task_seconds": end_task_seconds,
         "final_losses": counts["losses"],
+        # every epoch's means of the main stage (None: restored from a shared node made before they were kept)
+        "epoch_losses": counts.get("epoch_losses"),
         **fit,
     }

@@ -45,3 +45,64 @@ def test_run_stage_sets_lr_each_epoch_and_counts_steps():
     assert seen == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
     assert out["steps"] == 8
     assert out["losses"]["l2"] < 3.0  # the parameter was actually optimised
+
+
+def test_run_stage_returns_every_epochs_mean_losses_whatever_it_logs():
+    w = torch.nn.Parameter(torch.ones(3))
+    lines = []
+    out = run_stage(Stage("toy", [w], lambda batch: {"l2": (w ** 2).sum(), "l1": w.abs().sum()}, epochs=4,
+                          lr=0.1, momentum=0.0, indices=None, steps_per_epoch=2, log=lines.append), _NoData())
+    assert len(out["epoch_losses"]) == 4 and all(set(e) == {"l2", "l1"} for e in out["epoch_losses"])
+    assert out["losses"] == out["epoch_losses"][-1]
+    l2 = [e["l2"] for e in out["epoch_losses"]]
+    assert l2 == sorted(l2, reverse=True) and l2[0] > l2[-1]  # each epoch its own mean, not a copy of the last
+    assert len(lines) == 1  # log_every_epochs 0: only the last epoch is logged, yet every epoch is returned
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_stage_resumed_mid_way_returns_the_epoch_losses_of_an_uninterrupted_one(tmp_path):
+    from types import SimpleNamespace
+
+    from dfcil_core.checkpoint import Checkpointer, checkpointing
+
+    w = torch.nn.Parameter(torch.ones(3))
+
+    class Learner:
+        ctx = SimpleNamespace(device=torch.device("cpu"))
+
+        def state_dict(self):
+            return {"w": w.detach().clone()}
+
+        def load_state_dict(self, state):
+            with torch.no_grad():
+                w.copy_(state["w"])
+
+    calls = []
+
+    def loss(batch, die_at=None):
+        calls.append(1)
+        if len(calls) == die_at:
+            raise Interrupt
+        return {"l2": (w ** 2).sum(), "l1": w.abs().sum()}
+
+    def stage(die_at=None):
+        with torch.no_grad():
+            w.fill_(1.0)
+        calls.clear()
+        return Stage("toy", [w], lambda batch: loss(batch, die_at), epochs=4, lr=0.1, lr_milestones=[3],
+                     indices=None, steps_per_epoch=2, log=lambda m: None)
+
+    uninterrupted = run_stage(stage(), _NoData())
+    folder = tmp_path / "task0.checkpoint"
+    with pytest.raises(Interrupt), checkpointing(Checkpointer(folder, "fp", Learner(), 0, log=lambda m: None)):
+        run_stage(stage(die_at=6), _NoData())  # in epoch 3, after the checkpoint at the end of epoch 2
+    lines = []
+    with checkpointing(Checkpointer(folder, "fp", Learner(), 0, log=lines.append)):
+        resumed = run_stage(stage(), _NoData())
+    assert any("resuming stage 0 at epoch 2" in line for line in lines), lines
+    assert len(calls) == 4  # epochs 3 and 4 only
+    assert resumed["epoch_losses"] == uninterrupted["epoch_losses"] and len(resumed["epoch_losses"]) == 4
+    assert resumed["losses"] == uninterrupted["losses"]
