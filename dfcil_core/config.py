@@ -212,3 +212,9 @@ def differences(a: dict, b: dict) -> list[str]:
     """Dotted keys whose values differ between two nested dicts, e.g. ['settings.train.lr']."""
     fa, fb = flatten(a), flatten(b)
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def first_difference(a: dict, b: dict) -> tuple[str, object, object] | None:
+    """The first of `differences(a, b)` with its value in each (None where absent), or None where they agree."""
+    keys = differences(a, b)
+    return (keys[0], flatten(a).get(keys[0]), flatten(b).get(keys[0])) if keys else None
