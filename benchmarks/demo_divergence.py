@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from dfcil_core.config import deep_merge, experiments, run_settings
-from dfcil_core.report import mean_std
+from dfcil_core.results import mean_std
 from sweep import SweepRecord  # benchmarks/sweep.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,10 +17,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dfcil_core.atomic import write_text_atomically
-from dfcil_core.config import ConfigError, canonical_json, dataset_id
-from dfcil_core.report import UNRECORDED, common_settings, diverged_seeds, flatten, mean_std, read_summary
+from dfcil_core.config import ConfigError, canonical_json, dataset_id, flatten
+from dfcil_core.results import METRICS, code_versions, common_settings, mean_std_of, read_runs, seed_statistics
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Part of every content hash: bump it when what gets logged changes, so that the next import redoes all runs.
 IMPORT_FORMAT = 3  # 2: divergence and code-digest tags; 3: run times from the training jobs
@@ -39,11 +43,12 @@ CURVE_FILE = "accuracy_curve.png"
 
 @dataclass
 class SeedRun:
-    """One summary.json and the files logged with it."""
+    """One summary.json, the files logged with it and its trust tags."""
 
     summary_path: Path
     summary: dict
     images: list[tuple[str, Path]]  # (artifact folder "task<t>", PNG file)
+    trust_tags: dict[str, str]
 
     @property
     def run_key(self) -> str:
@@ -63,12 +68,11 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _load_seed_run(summary_path: Path) -> SeedRun:
-    summary = read_summary(summary_path)
-    run_dir = summary_path.parent
-    images = [(f"task{t}", png) for t in range(summary["n_tasks"])
-              for png in sorted((run_dir / f"task{t}").glob("*.png"))]
-    return SeedRun(summary_path, summary, images)
+def _seed_run(run) -> SeedRun:
+    """The SeedRun of a row of the runs frame."""
+    images = [(f"task{t}", png) for t in range(run.n_tasks)
+              for png in sorted((run.path.parent / f"task{t}").glob("*.png"))]
+    return SeedRun(run.path, run.summary, images, _trust_tags(run.diverged, code_versions([run.code_digests])))
 
 
 def _disable_telemetry() -> None:
@@ -171,11 +175,11 @@ def _seed_metrics(summary: dict) -> list:
     return metrics
 
 
-def _group_metrics(runs: list[SeedRun]) -> list:
-    values: dict[str, float | None] = {"n_seeds": len(runs)}
-    for key in ("final_accuracy", "average_incremental_accuracy", "forgetting"):
-        per_seed = [run.summary[key] for run in runs]
-        mean, std = (None, None) if None in per_seed else mean_std(per_seed)
+def _group_metrics(statistics: dict) -> list:
+    """The number of seeds and each metric's mean and std over them (a row of seed_statistics)."""
+    values: dict[str, float | None] = {"n_seeds": len(statistics["seeds"])}
+    for key in METRICS:
+        mean, std = mean_std_of(statistics, key) or (None, None)
         values |= {f"{key}_mean": mean, f"{key}_std": std}
     return _metrics(values)
 
@@ -211,11 +215,10 @@ class RunIndex:
         return None
 
 
-def _trust_tags(summaries: list[dict]) -> dict[str, str]:
-    """What the table marks, as tags to filter on: diverged networks and the code that made the runs."""
-    diverged = diverged_seeds(summaries)
-    tags = {"diverged": str(bool(diverged)).lower(),
-            "code_digests": ",".join(sorted({d for s in summaries for d in s.get("code_digests") or [UNRECORDED]}))}
+def _trust_tags(diverged: dict[int, list[int]], digests: list[str]) -> dict[str, str]:
+    """What the table marks, as tags to filter on: diverged networks (seed -> tasks) and the code that made the
+    runs."""
+    tags = {"diverged": str(bool(diverged)).lower(), "code_digests": ",".join(digests)}
     if diverged:
         tags["diverged_tasks"] = "; ".join(f"seed {seed}: {', '.join(map(str, tasks))}"
                                            for seed, tasks in diverged.items())
@@ -243,7 +246,7 @@ def _import_seed(client, experiment_id: str, run: SeedRun, parent_id: str, index
         PARENT_RUN_TAG: parent_id, "run_key": run.run_key, "level": "seed",
         "experiment": summary["experiment"], "method": summary["method"], "seed": str(summary["seed"]),
         "git_commit": str(summary.get("git_commit")), "fingerprint": summary["fingerprint"],
-        **_trust_tags([summary])}, times)
+        **run.trust_tags}, times)
     _log_batch(client, run_id, _seed_metrics(summary), _params(summary["settings"], seed=summary["seed"]))
     client.log_dict(run_id, {"orientation": "accuracy_matrix[j][i]: accuracy on task j after training task i",
                              "accuracy_matrix": summary["accuracy_matrix"]}, "accuracy_matrix.json")
@@ -263,10 +266,13 @@ def paper_figures_for(figures: list[Path], summary: dict) -> list[Path]:
     return sorted(f for f in figures if f.parent.name == dataset and f.name in wanted and f.is_file())
 
 
-def _import_method(client, experiment_id: str, experiment: str, method: str, runs: list[SeedRun],
-                   curve: Path | None, index: RunIndex, paper_figures: list[Path] = ()) -> dict[str, str]:
-    """The method's parent run and its children; returns run_key -> run_id."""
-    settings = common_settings(method, [run.summary for run in runs])
+def _import_method(client, experiment_id: str, experiment: str, method: str, group: pd.DataFrame,
+                   statistics: dict, index: RunIndex, paper_figures: list[Path]) -> dict[str, str]:
+    """The method's parent run and its children (`group`: their rows of the runs frame, `statistics`: their row
+    of seed_statistics); returns run_key -> run_id."""
+    settings = common_settings(method, group)
+    runs = [_seed_run(run) for run in group.itertuples()]
+    curve = _experiment_curve(runs)
     run_key = f"{experiment}/{method}"
     # Covers the children: a changed seed changes the means, so the whole group is redone.
     fingerprint = {"format": IMPORT_FORMAT, "children": [run.content_hash for run in runs],
@@ -276,12 +282,12 @@ def _import_method(client, experiment_id: str, experiment: str, method: str, run
     content_hash = _hash(fingerprint)
     parent_id = index.current(run_key, content_hash)
     created = parent_id is None
-    times = training_times([run.summary for run in runs])
+    times = training_times(list(group.summary))
     if created:
         parent_id = _create_run(client, experiment_id, method, {
             "run_key": run_key, "level": "group", "experiment": experiment, "method": method,
-            **_trust_tags([run.summary for run in runs])}, times)
-        _log_batch(client, parent_id, _group_metrics(runs), _params(settings))
+            **_trust_tags(statistics["diverged"], statistics["code_versions"])}, times)
+        _log_batch(client, parent_id, _group_metrics(statistics), _params(settings))
         if curve:
             client.log_artifact(parent_id, str(curve))
         for figure in paper_figures:
@@ -311,18 +317,18 @@ def import_results(summaries: list[Path], tracking_uri: str, marker: Path,
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    groups: dict[tuple[str, str], list[SeedRun]] = {}
-    for run in map(_load_seed_run, summaries):
-        groups.setdefault((run.summary["experiment"], run.summary["method"]), []).append(run)
+    runs = read_runs(summaries)
+    statistics = seed_statistics(runs, ["experiment", "method"]).set_index(["experiment", "method"])
 
     indexes: dict[str, tuple[str, RunIndex]] = {}
     run_ids: dict[str, str] = {}
-    for (experiment, method), runs in groups.items():
+    for (experiment, method), group in runs.groupby(["experiment", "method"], sort=False):
         if experiment not in indexes:
             experiment_id = _experiment_id(client, experiment, tracking_uri)
             indexes[experiment] = experiment_id, RunIndex(client, experiment_id)
         experiment_id, index = indexes[experiment]
-        runs.sort(key=lambda run: run.summary["seed"])
-        run_ids |= _import_method(client, experiment_id, experiment, method, runs, _experiment_curve(runs), index,
-                                  paper_figures_for(list(paper_figures), runs[0].summary))
+        group = group.sort_values("seed")
+        run_ids |= _import_method(client, experiment_id, experiment, method, group,
+                                  statistics.loc[(experiment, method)].to_dict(), index,
+                                  paper_figures_for(list(paper_figures), group.summary.iloc[0]))
     write_text_atomically(marker, json.dumps(dict(sorted(run_ids.items())), indent=1) + "\n")

@@ -16,28 +16,33 @@ Torch-free at import (the Snakefile imports this module); matplotlib is imported
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
-from dfcil_core.atomic import write_atomically, write_text_atomically
-from dfcil_core.config import ConfigError, class_order_family, dataset_id, n_classes, run_settings
+from dfcil_core.atomic import write_atomically
+from dfcil_core.config import (ConfigError, class_order_family, dataset_id, first_difference, flatten, n_classes,
+                               run_settings)
 from dfcil_core.methods import GENERATIVE_METHODS, display_name
-from dfcil_core.report import (_LATEX_ESCAPES, DIVERGED_MARK, DIVERGENCE_FOOTNOTE, check_code_versions, code_line,
-                               diverged_seeds, divergence_note, common_settings, flatten, mean_std, read_summary)
+from dfcil_core.report import plot_mean_std
+from dfcil_core.results import (DIVERGED_MARK, DIVERGENCE_FOOTNOTE, METRICS, accuracy_curves, check_code_versions,
+                                check_common_settings, code_line, distinct, divergence_note, first, mean_std_of,
+                                mean_std_text, read_runs, seed_statistics, semicolon_list)
+from dfcil_core.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "published" / "abd_iccv2021.yaml"
 TABLES = ("no_coreset", "coreset")
 EXTRAS = "extras"
 FORMATS = ("md", "tex", "csv", "html")  # html: the same table and card, for `snakemake --report`
-# Methods that write a `samples.png` grid of generated images into their task folders.
 DASH = "–"
 NOT_APPLICABLE = "n/a"
 # Settings that may differ between the rows of one column: the method and its own hyperparameters.
@@ -105,13 +110,6 @@ def protocol_of(settings: dict) -> dict[str, object]:
             if key.split(".", 1)[0] not in METHOD_KEYS}
 
 
-def first_difference(a: dict, b: dict) -> tuple[str, object, object] | None:
-    for key in sorted(a.keys() | b.keys()):
-        if a.get(key) != b.get(key):
-            return key, a.get(key), b.get(key)
-    return None
-
-
 def _refuse(dataset: str, n_tasks: int, what_a: str, what_b: str, diff: tuple[str, object, object]) -> None:
     key, va, vb = diff
     raise ConfigError(f"paper table {dataset}, {n_tasks} tasks: {what_a} and {what_b} differ in setting {key!r} "
@@ -163,158 +161,94 @@ def table_sets(experiments: dict[str, dict], n_tasks: dict[str, int]) -> dict[st
 
 # --- our numbers -----------------------------------------------------------------------------------------
 
-@dataclass
-class Cell:
-    """One method in one column: its runs (one per seed) and their statistics."""
-
-    method: str
-    runs: list[dict]
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(run["seed"] for run in self.runs)
-
-    def stat(self, key: str) -> tuple[float, float] | None:
-        values = [run.get(key) for run in self.runs]
-        return None if not values or None in values else mean_std(values)
-
-    @property
-    def final(self) -> tuple[float, float]:
-        return self.stat("final_accuracy")
-
-    @property
-    def settings(self) -> dict:
-        return self.runs[0]["settings"]
-
-    def hours_per_run(self) -> float:
-        """The jobs' own timings: the sum over tasks of each task's wall time, mean over seeds. A task whose
-        training ran in a stage shared between runs (`train_shared_stage`) and was only loaded by its job
-        counts the training time the stage recorded, so that every run pays for all of its tasks."""
-        def seconds(task: dict) -> float:
-            return max(task.get("wall_seconds") or 0.0,
-                       (task.get("train_seconds") or 0.0) + (task.get("end_task_seconds") or 0.0))
-        return fmean(sum(seconds(task) for task in run["tasks"]) if run.get("tasks")
-                     else run.get("wall_seconds_total", 0.0) for run in self.runs) / 3600
-
-    def stored_memory(self) -> dict | None:
-        """The last task's stored-memory record (seeds agree on it; it is None for runs that predate it)."""
-        records = [run["tasks"][-1].get("stored_memory") for run in self.runs if run.get("tasks")]
-        return records[0] if records and records[0] is not None else None
-
-    def devices(self) -> list[str]:
-        return sorted({str(run.get("device")) for run in self.runs})
+# Per cell (a method in a column), next to seed_statistics' own columns: what the tables and the card show.
+CELL_COLUMNS = {"settings": ("settings", first), "stored_memory": ("stored_memory", first),
+                "devices": ("device", distinct)}
 
 
 @dataclass
 class Column:
+    """One task count: its runs, sorted by experiment, method and seed, and its cells, the runs' statistics per
+    method (seed_statistics, indexed by method, methods in the order of the runs)."""
+
     n_tasks: int
-    cells: dict[str, Cell] = field(default_factory=dict)
-    experiments: list[str] = field(default_factory=list)
+    runs: pd.DataFrame
+    cells: pd.DataFrame
+
+    @property
+    def computed(self) -> bool:
+        return not self.runs.empty
 
     @property
     def protocol(self) -> dict | None:
-        return protocol_of(next(iter(self.cells.values())).settings) if self.cells else None
+        return protocol_of(self.runs.settings.iloc[0]) if self.computed else None
 
     @property
     def seeds(self) -> list[int]:
-        return sorted({seed for cell in self.cells.values() for seed in cell.seeds})
+        return distinct(self.runs.seed)
+
+    @property
+    def experiments(self) -> list[str]:
+        return list(dict.fromkeys(self.runs.experiment))
+
+    def cell(self, method: str) -> dict | None:
+        return self.cells.loc[method].to_dict() if method in self.cells.index else None
 
 
-def read_existing(summaries: list[Path]) -> tuple[list[dict], list[Path]]:
-    """The summaries that exist (a partial grid during a long run is normal) and the paths still missing."""
+def read_existing(summaries: list[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """The runs whose summaries exist (a partial grid during a long run is normal) and the paths still missing."""
     present = [Path(p) for p in summaries if Path(p).is_file()]
-    return [read_summary(p) for p in present], [Path(p) for p in summaries if not Path(p).is_file()]
+    return read_runs(present), [Path(p) for p in summaries if not Path(p).is_file()]
 
 
-def build_columns(runs: list[dict], dataset: str, tasks: list[int]) -> dict[int, Column]:
-    """Runs grouped by task count and method; refuses runs of another dataset and mixed protocols."""
-    columns = {n: Column(n) for n in sorted(set(tasks) | {run["n_tasks"] for run in runs})}
-    first_of: dict[int, dict] = {}
-    for run in sorted(runs, key=lambda r: (r["n_tasks"], r["experiment"], r["method"], r["seed"])):
-        if dataset_id(run["settings"]["dataset"]) != dataset:
-            raise ConfigError(f"{run['experiment']}/{run['method']}/seed{run['seed']} is a "
-                              f"{dataset_id(run['settings']['dataset'])} run, not {dataset}")
-        column = columns[run["n_tasks"]]
-        reference = first_of.setdefault(run["n_tasks"], run)
-        diff = first_difference(protocol_of(reference["settings"]), protocol_of(run["settings"]))
-        if diff:
-            _refuse(dataset, run["n_tasks"],
-                    f"{reference['experiment']}/{reference['method']}/seed{reference['seed']}",
-                    f"{run['experiment']}/{run['method']}/seed{run['seed']}", diff)
-        column.cells.setdefault(run["method"], Cell(run["method"], [])).runs.append(run)
-        if run["experiment"] not in column.experiments:
-            column.experiments.append(run["experiment"])
-    for column in columns.values():
-        for method, cell in column.cells.items():
-            common_settings(method, cell.runs)  # one method's seeds: same settings, no seed twice
-        budgets = {cell.settings.get("method_settings", {}).get("memory_size") for cell in column.cells.values()}
-        budgets -= {None, 0}
-        if len(budgets) > 1:
-            raise ConfigError(f"paper table {dataset}, {column.n_tasks} tasks: coreset methods differ in setting "
-                              f"'method_settings.memory_size' ({sorted(budgets)}); refusing to compare "
-                              "different memory budgets in one column")
+def _run_name(run) -> str:
+    return f"{run.experiment}/{run.method}/seed{run.seed}"
+
+
+def _check_dataset(runs: pd.DataFrame, dataset: str) -> None:
+    datasets = runs.settings.map(lambda settings: dataset_id(settings["dataset"]))
+    for run, other in zip(runs[datasets != dataset].itertuples(), datasets[datasets != dataset]):
+        raise ConfigError(f"{_run_name(run)} is a {other} run, not {dataset}")
+
+
+def _check_one_protocol_per_column(runs: pd.DataFrame, dataset: str) -> None:
+    for n_tasks, column in runs.groupby("n_tasks"):
+        reference = column.iloc[0]
+        for run in column.itertuples():
+            difference = first_difference(protocol_of(reference.settings), protocol_of(run.settings))
+            if difference:
+                _refuse(dataset, n_tasks, _run_name(reference), _run_name(run), difference)
+
+
+def _check_one_memory_budget(column: Column, dataset: str) -> None:
+    budgets = {settings.get("method_settings", {}).get("memory_size") for settings in column.cells.settings}
+    budgets -= {None, 0}
+    if len(budgets) > 1:
+        raise ConfigError(f"paper table {dataset}, {column.n_tasks} tasks: coreset methods differ in setting "
+                          f"'method_settings.memory_size' ({sorted(budgets)}); refusing to compare "
+                          "different memory budgets in one column")
+
+
+def build_columns(runs: pd.DataFrame, dataset: str, tasks: list[int]) -> dict[int, Column]:
+    """Runs grouped by task count and method; refuses runs of another dataset, mixed protocols in a column,
+    a method's seeds with different settings, and different memory budgets in a column."""
+    runs = runs.sort_values(["n_tasks", "experiment", "method", "seed"], kind="stable", ignore_index=True)
+    _check_dataset(runs, dataset)
+    _check_one_protocol_per_column(runs, dataset)
+    check_common_settings(runs, ["n_tasks", "method"])
+    cells = seed_statistics(runs, ["n_tasks", "method"], [*METRICS, "job_seconds"], **CELL_COLUMNS)
+    columns = {}
+    for n_tasks in sorted({*tasks, *runs.n_tasks}):
+        column = Column(int(n_tasks), runs[runs.n_tasks == n_tasks],
+                        cells[cells.n_tasks == n_tasks].set_index("method"))
+        _check_one_memory_budget(column, dataset)
+        columns[column.n_tasks] = column
     return columns
 
 
-# --- formatting ------------------------------------------------------------------------------------------
-
-def fmt(value: tuple[float, float] | None, missing: str = DASH) -> str:
-    return missing if value is None else f"{value[0]:.1f} ± {value[1]:.1f}"
-
-
-def fmt_sigma(value: float | None, missing: str = DASH) -> str:
-    return missing if value is None else f"{value:+.1f}σ"
-
-
-_TEX_EXTRA = {"†": r"\dag{}", "×": r"$\times$", "Δ": r"$\Delta$", "σ": r"$\sigma$", "–": "--", "—": "---", "−": "-",
-              "≤": r"$\leq$", "≥": r"$\geq$", "·": r"$\cdot$", "§": r"\S{}", "→": r"$\to$"}
-
-
-def tex(text: str) -> str:
-    """LaTeX-escape plain text, character by character (so an inserted escape is never escaped again)."""
-    return "".join(_TEX_EXTRA.get(c) or _LATEX_ESCAPES.get(c, c) for c in str(text))
-
-
-def markdown_table(header: list[str], rows: list[list[str]], align: str = "r") -> list[str]:
-    def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-    separator = "|---|" + (("---:|" if align == "r" else "---|") * (len(header) - 1))
-    return [line(header), separator, *(line(row) for row in rows)]
-
-
-def html_page(title: str, intro: str, header: list[str], rows: list[list[str]], card: list[str]) -> str:
-    from html import escape
-    cells = lambda tag, row: "".join(f"<{tag}>{escape(c)}</{tag}>" for c in row)  # noqa: E731
-    return "\n".join([
-        "<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{escape(title)}</title>",
-        "<style>body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse} "
-        "th,td{padding:2px 8px;border-bottom:1px solid #ccc;text-align:right} "
-        "th:first-child,td:first-child{text-align:left}</style></head><body>",
-        f"<h3>{escape(title)}</h3>", f"<p>{escape(intro)}</p>",
-        f"<table><thead><tr>{cells('th', header)}</tr></thead><tbody>",
-        *(f"<tr>{cells('td', row)}</tr>" for row in rows), "</tbody></table>",
-        "<p><b>Protocol card</b></p><ul>", *(f"<li>{escape(item)}</li>" for item in card), "</ul>",
-        "</body></html>", ""])
-
-
-def csv_text(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def latex_tabular(colspec: str, header_lines: list[str], rows: list[list[str]], caption: str, label: str,
-                  card: list[str]) -> str:
-    """A booktabs table float; `header_lines` are complete LaTeX lines, `rows` cells already escaped."""
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
-             rf"\begin{{tabular}}{{{colspec}}}", r"\toprule", *header_lines, r"\midrule",
-             *(" & ".join(row) + r" \\" for row in rows), r"\bottomrule", r"\end{tabular}"]
-    if card:
-        lines += [r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize", r"\textbf{Protocol card.}",
-                  r"\begin{itemize}", *(rf"\item {item}" for item in card), r"\end{itemize}", r"\end{minipage}"]
-    return "\n".join(lines + [r"\end{table}", ""])
+def methods_shown(methods: list[str], columns: dict[int, Column]) -> list[str]:
+    """The configured methods in their order, then any other method that has runs."""
+    return list(dict.fromkeys([*methods, *(m for column in columns.values() for m in column.cells.index)]))
 
 
 # --- the protocol card -----------------------------------------------------------------------------------
@@ -332,16 +266,45 @@ def _per_column(columns: dict[int, Column], key: str) -> tuple[bool, str]:
     values = {n: c.protocol.get(key) for n, c in columns.items() if c.protocol is not None}
     if not values:
         return True, DASH
-    distinct = {json.dumps(v, sort_keys=True) for v in values.values()}
-    if len(distinct) == 1:
+    distinct_values = {json.dumps(v, sort_keys=True) for v in values.values()}
+    if len(distinct_values) == 1:
         return True, _value_text(next(iter(values.values())))
     return False, "; ".join(f"{_value_text(v)} ({n} tasks)" for n, v in values.items())
 
 
-def protocol_card(dataset: str, table: str | None, columns: dict[int, Column], published: PublishedSet,
-                  min_std: float, methods: list[str], label_of) -> list[str]:
-    """The card under a table: items as plain text (Markdown adds '- ', LaTeX escapes and itemizes)."""
-    computed = {n: c for n, c in columns.items() if c.cells}
+def _method_settings_line(method: str, computed: dict[int, Column], label_of) -> str | None:
+    """'<label> (<method>) settings: key=value, ...', a value per column where the columns differ."""
+    per_key: dict[str, dict[int, object]] = {}
+    for n, column in computed.items():
+        if method in column.cells.index:
+            for key, v in flatten(column.cells.settings[method].get("method_settings", {})).items():
+                per_key.setdefault(key, {})[n] = v
+    if not per_key:
+        return None
+    items = []
+    for key, by_column in per_key.items():
+        distinct_values = {json.dumps(v, sort_keys=True) for v in by_column.values()}
+        items.append(f"{key}={_value_text(next(iter(by_column.values())))}" if len(distinct_values) == 1 else
+                     f"{key}=" + "/".join(f"{_value_text(v)} ({n} tasks)" for n, v in by_column.items()))
+    return f"{label_of(method)} ({method}) settings: {', '.join(items)}"
+
+
+def _trust_lines(runs: pd.DataFrame, computed: dict[int, Column], methods: list[str], label_of) -> list[str]:
+    """The diverged runs among the shown methods' and the code that made them."""
+    runs = runs[runs.method.isin(methods)]
+    diverged = [(n, method, seeds) for n, column in computed.items() for method, seeds in column.cells.diverged.items()
+                if method in methods and seeds]
+    n_diverged = sum(len(seeds) for _, _, seeds in diverged)
+    return [f"Diverged runs: {n_diverged} of {len(runs)}" + (
+        f" ({DIVERGED_MARK} in the cells). " + DIVERGENCE_FOOTNOTE
+        + "; ".join(divergence_note(f"{label_of(m)}, {n} tasks", seeds) for n, m, seeds in diverged)
+        if diverged else ""), code_line(runs, label_of)]
+
+
+def protocol_card(dataset: str, table: str | None, runs: pd.DataFrame, columns: dict[int, Column],
+                  published: PublishedSet, min_std: float, methods: list[str], label_of) -> list[str]:
+    """The card under a table: items as plain text (the Table renders them)."""
+    computed = {n: c for n, c in columns.items() if c.computed}
     if not computed:
         return [f"Dataset: {dataset}. No run has finished yet: every cell reads '{DASH}'."]
 
@@ -380,8 +343,8 @@ def protocol_card(dataset: str, table: str | None, columns: dict[int, Column], p
         card.append("Other settings: " + ", ".join(f"{k}={value(k)}" for k in other))
     budgets = {}
     for column in computed.values():
-        for method, cell in column.cells.items():
-            size = cell.settings.get("method_settings", {}).get("memory_size")
+        for method, settings in column.cells.settings.items():
+            size = settings.get("method_settings", {}).get("memory_size")
             if size and method in methods:
                 budgets[label_of(method)] = size
     card.append("Memory budget: " + (", ".join(f"{m} {s} images" for m, s in budgets.items()) + "; no stored "
@@ -392,65 +355,43 @@ def protocol_card(dataset: str, table: str | None, columns: dict[int, Column], p
                                 if table else ""))
     if table:
         card.append(f"Published: {published.note}")
-    devices = sorted({d for c in computed.values() for cell in c.cells.values() for d in cell.devices()})
+    devices = distinct(d for c in computed.values() for cell_devices in c.cells.devices for d in cell_devices)
     card.append(f"Devices: {', '.join(devices)}; experiments: "
                 + "; ".join(f"{', '.join(c.experiments)} ({n} tasks)" for n, c in computed.items()))
-    for method in methods:
-        per_key: dict[str, dict[int, object]] = {}
-        for n, column in computed.items():
-            if method in column.cells:
-                for key, v in flatten(column.cells[method].settings.get("method_settings", {})).items():
-                    per_key.setdefault(key, {})[n] = v
-        if per_key:
-            items = []
-            for key, by_column in per_key.items():
-                distinct = {json.dumps(v, sort_keys=True) for v in by_column.values()}
-                items.append(f"{key}={_value_text(next(iter(by_column.values())))}" if len(distinct) == 1 else
-                             f"{key}=" + "/".join(f"{_value_text(v)} ({n} tasks)" for n, v in by_column.items()))
-            card.append(f"{label_of(method)} ({method}) settings: {', '.join(items)}")
-    missing = [n for n, c in columns.items() if not c.cells]
+    card += filter(None, (_method_settings_line(method, computed, label_of) for method in methods))
+    missing = [n for n, c in columns.items() if not c.computed]
     if missing:
         card.append(f"Not computed yet: {', '.join(map(str, missing))} tasks")
-    runs = [run for c in computed.values() for m, cell in c.cells.items() if m in methods for run in cell.runs]
-    diverged = [(n, m, diverged_seeds(cell.runs)) for n, c in computed.items() for m, cell in c.cells.items()
-                if m in methods and diverged_seeds(cell.runs)]
-    n_diverged = sum(len(seeds) for _, _, seeds in diverged)
-    card.append(f"Diverged runs: {n_diverged} of {len(runs)}" + (
-        f" ({DIVERGED_MARK} in the cells). " + DIVERGENCE_FOOTNOTE
-        + "; ".join(divergence_note(f"{label_of(m)}, {n} tasks", seeds) for n, m, seeds in diverged)
-        if diverged else ""))
-    card.append(code_line(runs, label_of))
-    return card
+    return card + _trust_lines(runs, computed, methods, label_of)
 
 
 # --- the two paper tables --------------------------------------------------------------------------------
 
-@dataclass
-class PaperRow:
-    method: str
-    label: str
-    cells: list[dict]  # per column: ours, n_seeds, published, sigma
+PAPER_CSV_COLUMNS = ["table", "method", "label", "tasks", "ours_mean", "ours_std", "n_seeds", "seeds", "paper_mean",
+                     "paper_std", "delta_sigma", "published"]
+PAPER_INTRO = ("Ours: mean ± population std over seeds; paper: the published value; Δ/σ: (ours − paper) in "
+               "units of the paper's std. '–': not computed (or not configured); 'n/a': not published.")
 
 
-def paper_rows(table: str, layout: dict, columns: dict[int, Column], published: PublishedSet,
-               min_std: float) -> list[PaperRow]:
-    rows = []
+def paper_cells(table: str, layout: dict, columns: dict[int, Column], published: PublishedSet,
+                min_std: float) -> list[dict]:
+    """One record per row of the table's layout and column: ours, its seeds and diverged seeds, the seeds the
+    column has, the published value and the difference in units of its std."""
+    cells = []
     for row in layout["tables"][table]["rows"]:
-        cells = []
         for n, column in columns.items():
-            cell = column.cells.get(row["method"])
-            ours = cell.final if cell else None
+            cell = column.cell(row["method"])
+            ours = mean_std_of(cell, "final_accuracy") if cell else None
             paper = published.get(table, row["method"], n)
-            cells.append({"tasks": n, "ours": ours, "seeds": cell.seeds if cell else [],
-                          "diverged": diverged_seeds(cell.runs) if cell else {},
+            cells.append({"method": row["method"], "label": row["label"], "tasks": n, "ours": ours,
+                          "seeds": cell["seeds"] if cell else [], "diverged": cell["diverged"] if cell else {},
                           "expected_seeds": len(column.seeds), "published": paper,
                           "sigma": sigma_difference(ours[0], paper, min_std) if ours and paper else None})
-        rows.append(PaperRow(row["method"], row["label"], cells))
-    return rows
+    return cells
 
 
 def _ours_text(cell: dict) -> str:
-    text = fmt(cell["ours"])
+    text = mean_std_text(cell["ours"], DASH)
     if cell["ours"] and len(cell["seeds"]) < cell["expected_seeds"]:
         text += f" (n={len(cell['seeds'])})"
     if cell["diverged"]:
@@ -461,55 +402,43 @@ def _ours_text(cell: dict) -> str:
 def _paper_text(cell: dict, published: PublishedSet) -> str:
     if published.status != "published":
         return NOT_APPLICABLE
-    return fmt(cell["published"], NOT_APPLICABLE)
+    return mean_std_text(cell["published"], NOT_APPLICABLE)
 
 
 def _sigma_text(cell: dict, published: PublishedSet) -> str:
     if published.status != "published" or cell["published"] is None:
         return NOT_APPLICABLE
-    return fmt_sigma(cell["sigma"])
+    return DASH if cell["sigma"] is None else f"{cell['sigma']:+.1f}σ"
 
 
-def write_paper_table(out_prefix: Path, dataset: str, table: str, layout: dict, columns: dict[int, Column],
-                      published: PublishedSet, card: list[str]) -> None:
-    min_std = float(layout.get("source", {}).get("min_std", 0.05))
-    rows = paper_rows(table, layout, columns, published, min_std)
-    title = layout["tables"][table]["title"]
+def _csv_record(table: str, cell: dict, published: PublishedSet) -> list:
+    return [table, cell["method"], cell["label"], cell["tasks"], *(cell["ours"] or ("", "")), len(cell["seeds"]),
+            semicolon_list(cell["seeds"]), *(cell["published"] or ("", "")),
+            "" if cell["sigma"] is None else cell["sigma"], published.status]
+
+
+def paper_table(dataset: str, table: str, layout: dict, columns: dict[int, Column], published: PublishedSet,
+                card: list[str]) -> Table:
+    import pandas as pd
+    cells = paper_cells(table, layout, columns, published, float(layout.get("source", {}).get("min_std", 0.05)))
+    rows: dict[str, list[str]] = {}
+    for cell in cells:
+        rows.setdefault(cell["method"], [cell["label"]]).extend(
+            [_ours_text(cell), _paper_text(cell, published), _sigma_text(cell, published)])
+    title = layout["tables"][table]["title"].lower()
     metric = f"final accuracy (%), top-{_top_k(columns)}"
-    header = ["Method"] + [f"{n} tasks ({part})" for n in columns for part in ("ours", "paper", "Δ/σ")]
-    body = [[row.label] + [text for cell in row.cells for text in (
-        _ours_text(cell), _paper_text(cell, published), _sigma_text(cell, published))] for row in rows]
-    heading = f"{dataset}: {title.lower()} — {metric}"
-    intro = ("Ours: mean ± population std over seeds; paper: the published value; Δ/σ: (ours − paper) in "
-             "units of the paper's std. '–': not computed (or not configured); 'n/a': not published.")
-    markdown = [f"# {heading}", "", intro, "", *markdown_table(header, body), "", "**Protocol card**", "",
-                *(f"- {item}" for item in card), ""]
-    write_text_atomically(out_prefix.with_suffix(".md"), "\n".join(markdown))
-    write_text_atomically(out_prefix.with_suffix(".html"), html_page(heading, intro, header, body, card))
-
     group = " & ".join(rf"\multicolumn{{3}}{{c}}{{{n} tasks}}" for n in columns)
     rules = " ".join(rf"\cmidrule(lr){{{2 + 3 * i}-{4 + 3 * i}}}" for i in range(len(columns)))
     sub = " & ".join(r"Ours & Paper & $\Delta/\sigma$" for _ in columns)
-    tex_rows = [[tex(row.label)] + [text for cell in row.cells for text in (
-        tex(_ours_text(cell)), tex(_paper_text(cell, published)),
-        tex(_sigma_text(cell, published)).replace(r"$\sigma$", ""))] for row in rows]
-    label = "".join(c if c.isalnum() else "-" for c in f"{dataset}-{table}")
-    write_text_atomically(out_prefix.with_suffix(".tex"), latex_tabular(
-        "l" + "rrr" * len(columns), [rf" & {group} \\", rules, rf"Method & {sub} \\"], tex_rows,
-        tex(f"{dataset}, {title.lower()}: {metric}, ours (mean ± population std over seeds) and the "
-            "paper's; Δ/σ is the difference in units of the paper's std."),
-        f"tab:paper-{label}", [tex(item) for item in card]))
-
-    csv_rows = []
-    for row in rows:
-        for cell in row.cells:
-            ours, paper = cell["ours"] or ("", ""), cell["published"] or ("", "")
-            csv_rows.append([table, row.method, row.label, cell["tasks"], *ours, len(cell["seeds"]),
-                             ";".join(map(str, cell["seeds"])), *paper,
-                             "" if cell["sigma"] is None else cell["sigma"], published.status])
-    write_text_atomically(out_prefix.with_suffix(".csv"), csv_text(
-        ["table", "method", "label", "tasks", "ours_mean", "ours_std", "n_seeds", "seeds", "paper_mean",
-         "paper_std", "delta_sigma", "published"], csv_rows))
+    return Table(
+        title=f"{dataset}: {title} — {metric}",
+        header=["Method"] + [f"{n} tasks ({part})" for n in columns for part in ("ours", "paper", "Δ/σ")],
+        rows=list(rows.values()),
+        data=pd.DataFrame([_csv_record(table, cell, published) for cell in cells], columns=PAPER_CSV_COLUMNS),
+        caption=f"{dataset}, {title}: {metric}, ours (mean ± population std over seeds) and the paper's; Δ/σ is "
+                "the difference in units of the paper's std.",
+        label=f"paper-{dataset}-{table}", colspec="l" + "rrr" * len(columns), intro=PAPER_INTRO, card=card,
+        latex_header=[rf" & {group} \\", rules, rf"Method & {sub} \\"], latex_omits="σ")
 
 
 def _top_k(columns: dict[int, Column]) -> int:
@@ -521,51 +450,54 @@ def _top_k(columns: dict[int, Column]) -> int:
 
 # --- the extra-columns table -----------------------------------------------------------------------------
 
+EXTRAS_CSV_COLUMNS = ["tasks", "method", "label", "final_mean", "final_std", "aia_mean", "aia_std", "forgetting_mean",
+                      "forgetting_std", "hours_per_run", "stored_memory_bytes", "reference_mem_units", "parameters",
+                      "coreset_images", "n_seeds", "seeds", "devices"]
+
+
 def hours_label(columns: dict[int, Column]) -> str:
-    devices = {d for c in columns.values() for cell in c.cells.values() for d in cell.devices()}
+    devices = {d for c in columns.values() for cell_devices in c.cells.devices for d in cell_devices}
     on_gpu = devices and all(d not in ("cpu", "None", "mps") and not d.startswith("cpu") for d in devices)
     return "GPU-hours / run" if on_gpu else "device-hours / run"
 
 
-def write_extras(out_prefix: Path, dataset: str, columns: dict[int, Column], methods: list[str], label_of,
-                 card: list[str]) -> None:
+def _extras_row(n: int, label: str, cell: dict) -> list[str]:
+    memory = cell["stored_memory"]
+    final, aia, forgetting = (mean_std_of(cell, metric) for metric in METRICS)
+    return [str(n), label, mean_std_text(final, DASH), mean_std_text(aia, DASH),
+            mean_std_text(forgetting, NOT_APPLICABLE), f"{cell['job_seconds_mean'] / 3600:.3g}",
+            f"{memory['bytes']:,}" if memory else DASH, f"{memory['reference_units']:,}" if memory else DASH,
+            str(len(cell["seeds"]))]
+
+
+def _extras_csv_record(n: int, method: str, label: str, cell: dict) -> list:
+    memory = cell["stored_memory"] or {}
+    final, aia, forgetting = (mean_std_of(cell, metric) for metric in METRICS)
+    return [n, method, label, *final, *aia, *(forgetting or ("", "")), cell["job_seconds_mean"] / 3600,
+            memory.get("bytes", ""), memory.get("reference_units", ""),
+            json.dumps(memory["parameters"], sort_keys=True) if memory else "", memory.get("coreset_images", ""),
+            len(cell["seeds"]), semicolon_list(cell["seeds"]), semicolon_list(cell["devices"])]
+
+
+def extras_table(dataset: str, columns: dict[int, Column], methods: list[str], label_of, card: list[str]) -> Table:
+    import pandas as pd
     hours = hours_label(columns)
     header = ["Tasks", "Method", "Final acc. (%)", "Avg. incremental acc. (%)", "Forgetting (%)", hours,
               "Stored memory (bytes)", "mem (§7.2 units)", "Seeds"]
-    rows, csv_rows = [], []
+    rows, records = [], []
     for n, column in columns.items():
-        order = [m for m in methods if m in column.cells] + [m for m in column.cells if m not in methods]
-        for method in order:
-            cell = column.cells[method]
-            memory = cell.stored_memory()
-            hours_value = cell.hours_per_run()
-            rows.append([str(n), label_of(method), fmt(cell.final), fmt(cell.stat("average_incremental_accuracy")),
-                         fmt(cell.stat("forgetting"), NOT_APPLICABLE), f"{hours_value:.3g}",
-                         f"{memory['bytes']:,}" if memory else DASH,
-                         f"{memory['reference_units']:,}" if memory else DASH, str(len(cell.seeds))])
-            aia, forget = cell.stat("average_incremental_accuracy"), cell.stat("forgetting") or ("", "")
-            csv_rows.append([n, method, label_of(method), *cell.final, *aia, *forget, hours_value,
-                             memory["bytes"] if memory else "", memory["reference_units"] if memory else "",
-                             json.dumps(memory["parameters"], sort_keys=True) if memory else "",
-                             memory["coreset_images"] if memory else "", len(cell.seeds),
-                             ";".join(map(str, cell.seeds)), ";".join(cell.devices())])
+        for method in [m for m in methods if m in column.cells.index] + [m for m in column.cells.index
+                                                                         if m not in methods]:
+            rows.append(_extras_row(n, label_of(method), column.cell(method)))
+            records.append(_extras_csv_record(n, method, label_of(method), column.cell(method)))
     note = (f"{hours}: the sum over tasks of each training job's wall time (or of the training time recorded by "
             "a stage shared between runs), mean over seeds. Stored memory: "
             "parameters of the model and of any generator/VAE as 4-byte floats plus coreset images at "
             "H×W×C bytes; mem: the reference's own count (parameters + coreset pixels, ABD_REFERENCE_SPEC.md §7.2).")
-    heading = f"{dataset}: final accuracy, average incremental accuracy, forgetting, cost and memory"
-    markdown = [f"# {heading}", "", note, "", *markdown_table(header, rows), "", "**Protocol card**", "",
-                *(f"- {item}" for item in card), ""]
-    write_text_atomically(out_prefix.with_suffix(".md"), "\n".join(markdown))
-    write_text_atomically(out_prefix.with_suffix(".html"), html_page(heading, note, header, rows, card))
-    write_text_atomically(out_prefix.with_suffix(".tex"), latex_tabular(
-        "rl" + "r" * (len(header) - 2), [" & ".join(tex(h) for h in header) + r" \\"],
-        [[tex(c) for c in row] for row in rows], tex(f"{dataset}: extra metrics. {note}"),
-        f"tab:paper-{''.join(c if c.isalnum() else '-' for c in dataset)}-extras", [tex(item) for item in card]))
-    write_text_atomically(out_prefix.with_suffix(".csv"), csv_text(
-        ["tasks", "method", "label", "final_mean", "final_std", "aia_mean", "aia_std", "forgetting_mean",
-         "forgetting_std", "hours_per_run", "stored_memory_bytes", "reference_mem_units", "parameters",
-         "coreset_images", "n_seeds", "seeds", "devices"], csv_rows))
+    return Table(title=f"{dataset}: final accuracy, average incremental accuracy, forgetting, cost and memory",
+                 header=header, rows=rows, data=pd.DataFrame(records, columns=EXTRAS_CSV_COLUMNS),
+                 caption=f"{dataset}: extra metrics. {note}", label=f"paper-{dataset}-extras",
+                 colspec="rl" + "r" * (len(header) - 2), intro=note, card=card)
 
 
 # --- entry points ----------------------------------------------------------------------------------------
@@ -582,17 +514,14 @@ def paper_tables(summaries: list[Path], dataset: str, tasks: list[int], methods:
     columns = build_columns(runs, dataset, tasks)
     published = published_for(layout, dataset)
     min_std = float(layout.get("source", {}).get("min_std", 0.05))
-    all_methods = list(dict.fromkeys([*methods, *(m for c in columns.values() for m in c.cells)]))
-    labels = {m: display_name(m) for m in all_methods}
-    out_dir.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         paper_labels = {row["method"]: row["label"] for row in layout["tables"][table]["rows"]}
-        card = protocol_card(dataset, table, columns, published, min_std, list(paper_labels),
-                             lambda m: paper_labels.get(m, labels.get(m, m)))
-        write_paper_table(out_dir / table, dataset, table, layout, columns, published, card)
-    card = protocol_card(dataset, None, columns, published, min_std, all_methods, lambda m: labels.get(m, m))
-    write_extras(out_dir / EXTRAS, dataset, columns, all_methods, lambda m: labels.get(m, m), card)
-
+        card = protocol_card(dataset, table, runs, columns, published, min_std, list(paper_labels),
+                             lambda m: paper_labels.get(m) or display_name(m))
+        paper_table(dataset, table, layout, columns, published, card).write(out_dir / table, FORMATS)
+    shown = methods_shown(methods, columns)
+    card = protocol_card(dataset, None, runs, columns, published, min_std, shown, display_name)
+    extras_table(dataset, columns, shown, display_name, card).write(out_dir / EXTRAS, FORMATS)
 
 # --- figures ---------------------------------------------------------------------------------------------
 
@@ -618,32 +547,33 @@ def _empty(axes, text: str) -> None:
     axes.set_yticks([])
 
 
+def _column_panels(figure, columns: dict[int, Column], not_computed: Callable[[int], str]):
+    """A panel per column, left to right: yields (axes, task count, column) for the computed columns and writes
+    `not_computed(task count)` into the others."""
+    for i, (n, column) in enumerate(columns.items()):
+        axes = figure.add_subplot(1, len(columns), i + 1)
+        if column.computed:
+            yield axes, n, column
+        else:
+            _empty(axes, not_computed(n))
+
+
 def plot_curves(summaries: list[Path], dataset: str, tasks: list[int], methods: list[str], png: Path) -> None:
     """Accuracy on the seen classes after each task, one panel per task count, one line per method (±std)."""
     runs, _ = read_existing(summaries)
     columns = build_columns(runs, dataset, tasks)
-    all_methods = list(dict.fromkeys([*methods, *(m for c in columns.values() for m in c.cells)]))
-    labels = {m: display_name(m) for m in all_methods}
+    shown = methods_shown(methods, columns)
     figure = _figure(4.6 * len(columns), 3.8)
     import matplotlib
     from matplotlib.ticker import MaxNLocator
     tab20 = matplotlib.colormaps["tab20"]
     colors = [tab20(2 * i) for i in range(10)] + [tab20(2 * i + 1) for i in range(10)]  # dark shades first
-    for i, (n, column) in enumerate(columns.items()):
-        axes = figure.add_subplot(1, len(columns), i + 1)
-        if not column.cells:
-            _empty(axes, f"{n} tasks: not computed yet")
-            continue
-        for k, method in enumerate(all_methods):
-            if method not in column.cells:
-                continue
-            curves = [run["accuracy_global"] for run in column.cells[method].runs]
-            stats = [mean_std(values) for values in zip(*curves)]
-            x = range(1, len(stats) + 1)
-            color = colors[k % 20]
-            axes.plot(x, [m for m, _ in stats], marker="o", markersize=3, color=color, label=labels[method])
-            axes.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], color=color, alpha=0.2,
-                              linewidth=0)
+    for axes, n, column in _column_panels(figure, columns, lambda n: f"{n} tasks: not computed yet"):
+        curves = accuracy_curves(column.runs, ["method"])
+        for k, method in enumerate(shown):
+            curve = curves[curves.method == method]
+            if not curve.empty:
+                plot_mean_std(axes, curve, markersize=3, color=colors[k % 20], label=display_name(method))
         axes.set_title(f"{dataset}: {n} tasks")
         axes.set_xlabel("Tasks trained")
         axes.set_ylabel(f"Accuracy on seen classes (%, top-{column.protocol.get('dataset.top_k', 1)})")
@@ -656,17 +586,13 @@ def plot_curves(summaries: list[Path], dataset: str, tasks: list[int], methods: 
 
 def plot_matrix(summaries: list[Path], dataset: str, tasks: list[int], method: str, png: Path) -> None:
     """A method's accuracy matrix acc[j][i] (mean over seeds) as a heatmap, one panel per task count."""
-    runs = [run for run in read_existing(summaries)[0] if run["method"] == method]
-    columns = build_columns(runs, dataset, tasks)
+    runs, _ = read_existing(summaries)
+    columns = build_columns(runs[runs.method == method], dataset, tasks)
     label = display_name(method)
     figure = _figure(4.4 * len(columns), 4.0)
     image = None
-    for i, (n, column) in enumerate(columns.items()):
-        axes = figure.add_subplot(1, len(columns), i + 1)
-        if method not in column.cells:
-            _empty(axes, f"{label}, {n} tasks: not computed yet")
-            continue
-        matrices = [run["accuracy_matrix"] for run in column.cells[method].runs]
+    for axes, n, column in _column_panels(figure, columns, lambda n: f"{label}, {n} tasks: not computed yet"):
+        matrices = [summary["accuracy_matrix"] for summary in column.runs.summary]
         mean = [[math.nan if matrices[0][j][k] is None else fmean(m[j][k] for m in matrices) for k in range(n)]
                 for j in range(n)]
         image = axes.imshow(mean, vmin=0, vmax=100, cmap="viridis", origin="upper")
@@ -680,7 +606,7 @@ def plot_matrix(summaries: list[Path], dataset: str, tasks: list[int], method: s
         axes.set_yticks(ticks, [str(t + 1) for t in ticks])
         axes.set_xlabel("after training task i")
         axes.set_ylabel("accuracy on task j")
-        axes.set_title(f"{label}: {n} tasks ({len(column.cells[method].runs)} seeds)")
+        axes.set_title(f"{label}: {n} tasks ({len(column.runs)} seeds)")
     if image is not None:
         figure.colorbar(image, ax=figure.axes, shrink=0.8, label="accuracy (%)")
     save_figure(figure, png)
@@ -691,16 +617,15 @@ def plot_samples(summaries: list[Path], dataset: str, n_tasks: int, png: Path) -
     (its lowest seed), a column per task that left a grid."""
     from PIL import Image
 
-    runs = [(Path(p), read_summary(Path(p))) for p in summaries if Path(p).is_file()]
+    runs, _ = read_existing(summaries)
     grids: dict[str, tuple[int, list[tuple[int, Path]]]] = {}  # method -> (seed, [(task, samples.png)])
-    for path, run in sorted(runs, key=lambda pr: (pr[1]["method"], pr[1]["seed"])):
-        if run["n_tasks"] != n_tasks or run["method"] in grids:
+    for run in runs.sort_values(["method", "seed"]).itertuples():
+        if run.n_tasks != n_tasks or run.method in grids:
             continue
-        found = [(t, path.parent / f"task{t}" / "samples.png") for t in range(n_tasks)]
+        found = [(t, run.path.parent / f"task{t}" / "samples.png") for t in range(n_tasks)]
         found = [(t, p) for t, p in found if p.is_file()]
         if found:
-            grids[run["method"]] = (run["seed"], found)
-    labels = {m: display_name(m) for m in grids}
+            grids[run.method] = (run.seed, found)
     if not grids:
         figure = _figure(6, 2)
         _empty(figure.add_subplot(), f"{dataset}, {n_tasks} tasks: no generator samples yet")
@@ -717,6 +642,6 @@ def plot_samples(summaries: list[Path], dataset: str, n_tasks: int, png: Path) -
             axes.set_yticks([])
             axes.set_title(f"after task {t + 1}", fontsize=8)
             if c == 0:
-                axes.set_ylabel(f"{labels[method]}\nseed {seed}", fontsize=9)
+                axes.set_ylabel(f"{display_name(method)}\nseed {seed}", fontsize=9)
     figure.suptitle(f"{dataset}, {n_tasks} tasks: generated samples after each task", fontsize=10)
     save_figure(figure, png)

@@ -10,7 +10,8 @@ import pytest
 
 from dfcil_core.config import ConfigError
 from dfcil_core.report import (accuracy_global, average_incremental_accuracy, experiment_table, final_accuracy,
-                               forgetting, mean_std, summarize_run)
+                               forgetting, summarize_run)
+from dfcil_core.results import mean_std
 
 SETTINGS = {"dataset": {"name": "mnist5k"}, "model": {"name": "resnet32", "width": 8},
             "train": {"epochs": 2, "batch_size": 64, "lr": 0.1}, "first_split": 2, "other_split": 4,

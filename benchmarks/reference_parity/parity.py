@@ -155,7 +155,7 @@ def run_one(side: str, method: str, args) -> dict:
 
 def table(records: dict, methods: list[str]) -> tuple[str, list[dict]]:
     """Mean and population std over seeds, as every table of the project reports them."""
-    from dfcil_core.report import mean_std
+    from dfcil_core.results import mean_std
     rows, lines = [], ["| method | reference | ours | difference | tolerance | within | reference, each task after the last"
                        " (mean) | ours, each task after the last (mean) |", "|---|---:|---:|---:|---:|:-:|---|---|"]
     for method in methods:
