@@ -6,7 +6,7 @@
 # Runs from a checkout without installing it (PYTHONPATH), needs torch, numpy and Pillow (matplotlib only for
 # the figures, pytest only for the CUDA unit tests), and stops every step at an overall deadline of 290 s:
 #   1. environment:  OUTDIR/environment.txt (nvidia-smi, versions, import check)
-#   2. speed:        dfcil bench  -> OUTDIR/bench.json, OUTDIR/bench.log, OUTDIR/bench.png
+#   2. speed:        benchmarks/bench.py speed -> OUTDIR/bench.json, OUTDIR/bench.log, OUTDIR/bench.png
 #   3. parity:       Base and ABD, 2 tasks x 6 epochs on generated CIFAR-100-layout data, eager fp32 against
 #                    graphs-only fp32 and the full fast path -> OUTDIR/parity.json, parity_losses.png,
 #                    parity_accuracy.png, parity.log
@@ -59,15 +59,16 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA
       "| cuDNN", torch.backends.cudnn.version())
 print("GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible")
 import numpy, PIL
-import dfcil_core.bench, dfcil_core.learners  # everything the check imports
+import dfcil_core.learners
 print("imports ok; learners:", sorted(dfcil_core.learners.LEARNERS))
 EOF
+    "$PY" benchmarks/bench.py --help > /dev/null && echo "benchmarks/bench.py imports ok"
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
-step bench 120 "$PY" -m dfcil_core.cli bench --out "$OUT/bench.json" ${BENCH_ARGS:-}
-step bench_figure 30 "$PY" -m dfcil_core.bench figures "$OUT"
-step parity 120 "$PY" -m dfcil_core.bench parity --out-dir "$OUT" ${PARITY_ARGS:-}
+step bench 120 "$PY" benchmarks/bench.py speed --out "$OUT/bench.json" ${BENCH_ARGS:-}
+step bench_figure 30 "$PY" benchmarks/bench.py figures "$OUT"
+step parity 120 "$PY" benchmarks/bench.py parity --out-dir "$OUT" ${PARITY_ARGS:-}
 if "$PY" -c "import pytest" 2>/dev/null; then
     step pytest 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_fast_path.py -k cuda
 else

@@ -88,14 +88,6 @@ def cmd_paper_plot(a) -> None:
         paper.plot_samples(summaries, a.dataset, a.tasks[0], Path(a.out))
 
 
-
-def cmd_bench(a) -> None:
-    import torch
-    from dfcil_core.bench import run_benchmark
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    run_benchmark(a.device, a.quick, a.batch_size, a.warmup, a.iters, a.repeats, a.workloads,
-                  Path(a.out) if a.out else None)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dfcil", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,20 +176,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", nargs="*", default=[])
     p.add_argument("--out", required=True, help="the PNG; the SVG goes next to it")
     p.set_defaults(func=cmd_paper_plot)
-
-    p = sub.add_parser("bench", help="images/s of the Base and ABD steps and ms per inversion iteration on "
-                                     "this machine, eager fp32 against the fast path (random CIFAR-100-layout data)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    p.add_argument("--quick", action="store_true", help="few iterations (a CPU smoke run)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--warmup", type=int, help="untimed steps first (default 10 on a GPU, 5 on the CPU, 2 quick)")
-    p.add_argument("--iters", type=int, help="timed steps per window (default 100 on a GPU, 10 on the CPU, 3 quick)")
-    p.add_argument("--repeats", type=int, help="timed windows, the median is reported (default 3, 1 quick)")
-    p.add_argument("--workloads", nargs="+", choices=["base", "abd", "inversion"],
-                   default=["base", "abd", "inversion"])
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--out", help="also write the results (machine, versions, command, numbers) as JSON here")
-    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     from dfcil_core.config import ConfigError, Diverged
