@@ -207,8 +207,9 @@ def _run_name(run) -> str:
 
 def _check_dataset(runs: pd.DataFrame, dataset: str) -> None:
     datasets = runs.settings.map(lambda settings: dataset_id(settings["dataset"]))
-    for run, other in zip(runs[datasets != dataset].itertuples(), datasets[datasets != dataset]):
-        raise ConfigError(f"{_run_name(run)} is a {other} run, not {dataset}")
+    others = runs[datasets != dataset]
+    if not others.empty:
+        raise ConfigError(f"{_run_name(others.iloc[0])} is a {datasets[others.index[0]]} run, not {dataset}")
 
 
 def _check_one_protocol_per_column(runs: pd.DataFrame, dataset: str) -> None:
