@@ -22,13 +22,14 @@ def _log_to(path: str | None):
 
 def cmd_train_task(a) -> None:
     import torch
-    from dfcil_core.run import train_node
+    from dfcil_core.run import TaskJob
     if a.threads:
         torch.set_num_threads(a.threads)
-    train_node(json.loads(a.settings), a.experiment, a.seed, a.task, Path(a.out),
-               Path(a.parent) if a.parent else None, Path(a.data), a.device, a.checkpoint_minutes,
-               a.jobs_per_gpu, Path(a.shared_stage) if a.shared_stage else None, a.on_divergence,
-               log=_log_to(a.log))
+    TaskJob(settings=json.loads(a.settings), experiment=a.experiment, seed=a.seed, task_index=a.task,
+            out_dir=Path(a.out), parent_dir=Path(a.parent) if a.parent else None, data_file=Path(a.data),
+            device=a.device, checkpoint_minutes=a.checkpoint_minutes, jobs_per_gpu=a.jobs_per_gpu,
+            shared_stage=Path(a.shared_stage) if a.shared_stage else None, on_divergence=a.on_divergence,
+            log=_log_to(a.log)).run()
 
 
 def cmd_train_shared(a) -> None:
