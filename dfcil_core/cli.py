@@ -70,7 +70,7 @@ def cmd_mlflow_import(a) -> None:
 
 def cmd_paper_tables(a) -> None:
     from dfcil_core.paper import paper_tables
-    paper_tables([Path(p) for p in a.summaries], a.dataset, a.tasks, a.methods, Path(a.out_dir),
+    paper_tables([Path(p) for p in a.summaries], a.dataset, a.tasks, a.methods, Path(a.out_dir), a.paper, a.tables,
                  refuse_mixed_code=a.refuse_mixed_code)
 
 
@@ -158,13 +158,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="results/paper/<dataset>/*.png to log on the matching parent runs")
     p.set_defaults(func=cmd_mlflow_import)
 
-    p = sub.add_parser("paper-tables", help="the paper's two tables (+ extra columns) for one dataset, with "
+    p = sub.add_parser("paper-tables", help="a paper's tables (+ extra columns) for one dataset, with "
                                             "the published numbers; missing summaries read '-'")
     p.add_argument("summaries", nargs="*", help="summary.json files (missing ones are cells not computed yet)")
     p.add_argument("--dataset", required=True, help="dataset id, e.g. cifar100")
+    p.add_argument("--paper", default="abd_iccv2021", help="dfcil_core/published/<paper>.yaml: layout and numbers")
+    p.add_argument("--tables", nargs="*", help="only these tables (default: the paper's and 'extras')")
     p.add_argument("--tasks", type=int, nargs="*", default=[], help="task counts to show as columns")
     p.add_argument("--methods", nargs="*", default=[], help="configured methods, in display order")
-    p.add_argument("--out-dir", required=True, help="writes {no_coreset,coreset,extras}.{md,tex,csv,html} here")
+    p.add_argument("--out-dir", required=True, help="writes <table>.{md,tex,csv,html} here")
     p.add_argument("--refuse-mixed-code", action="store_true",
                    help="fail when the runs come from different versions of the code (default: say so)")
     p.set_defaults(func=cmd_paper_tables)

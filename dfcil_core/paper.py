@@ -1,10 +1,12 @@
-"""The paper's two result tables (ABD README / ABD_REFERENCE_SPEC.md §9), rebuilt from `results/`, with the
-published numbers next to ours, a protocol card under each table, an extra-columns table and the figures.
+"""A paper's result tables (ABD: its README's two tables, ABD_REFERENCE_SPEC.md §9; R-DFCIL: its 50-classes-first
+protocol), rebuilt from `results/`, with the published numbers next to ours, a protocol card under each table, an
+extra-columns table and the figures.
 
-Layout and published numbers live in one data file, `dfcil_core/published/abd_iccv2021.yaml`. One table set
-per dataset (`config.dataset_id`): rows = the paper's methods, columns = the task counts of the configured
-experiments of that dataset, each column showing ours (mean ± population std over seeds), the paper's value,
-and the difference in units of the paper's std. A method or task count with no run yet reads "–".
+Each paper is one data file, `dfcil_core/published/<paper>.yaml`: its tables' layout and its published numbers. An
+experiment names the paper it reproduces (`paper`, default ABD's). One table set per paper and dataset
+(`config.dataset_id`): rows = the paper's methods, columns = the task counts of the configured experiments, each
+column showing ours (mean ± population std over seeds), the paper's value, and the difference in units of the
+paper's std. A method or task count with no run yet reads "–".
 
 A column may pool several experiments (e.g. baselines in one, ABD in another) only when they share the whole
 protocol: every setting but the method and its hyperparameters must agree, otherwise the tables are refused
@@ -39,12 +41,13 @@ from dfcil_core.table import Table
 if TYPE_CHECKING:
     import pandas as pd
 
-PUBLISHED_FILE = Path(__file__).resolve().parent / "published" / "abd_iccv2021.yaml"
-TABLES = ("no_coreset", "coreset")
+PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
+DEFAULT_PAPER = "abd_iccv2021"  # an experiment without `paper` reproduces ABD's tables
 EXTRAS = "extras"
 FORMATS = ("md", "tex", "csv", "html")  # html: the same table and card, for `snakemake --report`
 DASH = "–"
 NOT_APPLICABLE = "n/a"
+UNVERIFIED = "?"  # marks a published value that could not be checked against the paper itself
 # Settings that may differ between the rows of one column: the method and its own hyperparameters.
 METHOD_KEYS = ("method", "method_settings")
 
@@ -59,14 +62,17 @@ def parse_mean_std(text) -> tuple[float, float]:
     return float(match[1]), float(match[2])
 
 
-def load_published(path: Path = PUBLISHED_FILE) -> dict:
+def published_file(paper: str) -> Path:
+    return PUBLISHED_DIR / f"{paper}.yaml"
+
+
+def load_published(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"published numbers unreadable: {path}: {e}") from None
-    for name in TABLES:
-        if name not in data.get("tables", {}):
-            raise ConfigError(f"{path} lacks the layout of table {name!r}")
+    if not data.get("tables") or EXTRAS in data["tables"]:
+        raise ConfigError(f"{path}: `tables` must name at least one table, and not {EXTRAS!r} (ours)")
     return data
 
 
@@ -78,6 +84,7 @@ class PublishedSet:
     note: str
     metric: str | None
     values: dict[str, dict[str, dict[int, tuple[float, float]]]]  # table -> method -> tasks -> (mean, std)
+    verified: bool = True  # false: numbers taken from a secondary source; every paper cell says so
 
     def get(self, table: str, method: str, n_tasks: int) -> tuple[float, float] | None:
         return self.values.get(table, {}).get(method, {}).get(n_tasks)
@@ -91,10 +98,12 @@ def published_for(data: dict, dataset: str) -> PublishedSet:
         return PublishedSet("not_transcribed", f"not transcribed: {entry['not_transcribed']}", None, {})
     values = {table: {method: {int(t): parse_mean_std(v) for t, v in cells.items()}
                       for method, cells in (entry.get(table) or {}).items()}
-              for table in TABLES}
+              for table in data["tables"]}
     source = data.get("source", {})
-    return PublishedSet("published", f"{source.get('numbers', '')}; {source.get('statistic', '')}".strip("; "),
-                        entry.get("metric"), values)
+    note = f"{source.get('numbers', '')}; {source.get('statistic', '')}".strip("; ")
+    if "unverified" in entry:
+        note = f"{UNVERIFIED} unverified: {entry['unverified']}; {note}"
+    return PublishedSet("published", note, entry.get("metric"), values, verified="unverified" not in entry)
 
 
 def sigma_difference(ours: float, published: tuple[float, float], min_std: float) -> float:
@@ -124,11 +133,18 @@ def experiment_protocol(exp: dict) -> dict[str, object]:
 
 @dataclass
 class TableSet:
-    """The configured experiments of one dataset, as the paper tables see them."""
+    """The configured experiments of one dataset that reproduce one paper, as its tables see them."""
 
+    paper: str
     dataset: str
     columns: dict[int, list[str]]  # task count -> experiment names (sorted by task count)
     methods: list[str]  # configured methods, in config order
+    tables: list[str]  # the paper's tables (its data file's layout), without the extras table
+
+    @property
+    def id(self) -> str:
+        """The folder under results/paper/: the dataset, followed by the paper unless it is ABD's."""
+        return self.dataset if self.paper == DEFAULT_PAPER else f"{self.dataset}-{self.paper}"
 
     def sample_columns(self, experiments: dict[str, dict]) -> list[int]:
         """Task counts whose experiments run a method that draws generated samples."""
@@ -137,21 +153,23 @@ class TableSet:
 
 
 def table_sets(experiments: dict[str, dict], n_tasks: dict[str, int]) -> dict[str, TableSet]:
-    """Group the configured experiments by dataset and task count; refuse a column of mixed protocols."""
+    """Group the configured experiments by paper, dataset and task count (keyed by `TableSet.id`); refuse a
+    column of mixed protocols."""
     sets: dict[str, TableSet] = {}
     protocols: dict[tuple[str, int], tuple[str, dict]] = {}
     for name, exp in experiments.items():
-        dataset = dataset_id(exp["dataset"])
-        table_set = sets.setdefault(dataset, TableSet(dataset, {}, []))
+        paper = exp.get("paper", DEFAULT_PAPER)
+        new = TableSet(paper, dataset_id(exp["dataset"]), {}, [], list(load_published(published_file(paper))["tables"]))
+        table_set = sets.setdefault(new.id, new)
         n = n_tasks[name]
         protocol = experiment_protocol(exp)
-        if (dataset, n) in protocols:
-            other, other_protocol = protocols[(dataset, n)]
+        if (table_set.id, n) in protocols:
+            other, other_protocol = protocols[(table_set.id, n)]
             diff = first_difference(other_protocol, protocol)
             if diff:
-                _refuse(dataset, n, f"experiments {other!r}", f"{name!r}", diff)
+                _refuse(table_set.id, n, f"experiments {other!r}", f"{name!r}", diff)
         else:
-            protocols[(dataset, n)] = (name, protocol)
+            protocols[(table_set.id, n)] = (name, protocol)
         table_set.columns.setdefault(n, []).append(name)
         table_set.methods += [m for m in exp["methods"] if m not in table_set.methods]
     for table_set in sets.values():
@@ -403,7 +421,8 @@ def _ours_text(cell: dict) -> str:
 def _paper_text(cell: dict, published: PublishedSet) -> str:
     if published.status != "published":
         return NOT_APPLICABLE
-    return mean_std_text(cell["published"], NOT_APPLICABLE)
+    text = mean_std_text(cell["published"], NOT_APPLICABLE)
+    return text if published.verified or cell["published"] is None else f"{text} {UNVERIFIED}"
 
 
 def _sigma_text(cell: dict, published: PublishedSet) -> str:
@@ -415,7 +434,7 @@ def _sigma_text(cell: dict, published: PublishedSet) -> str:
 def _csv_record(table: str, cell: dict, published: PublishedSet) -> list:
     return [table, cell["method"], cell["label"], cell["tasks"], *(cell["ours"] or ("", "")), len(cell["seeds"]),
             semicolon_list(cell["seeds"]), *(cell["published"] or ("", "")),
-            "" if cell["sigma"] is None else cell["sigma"], published.status]
+            "" if cell["sigma"] is None else cell["sigma"], published.status if published.verified else "unverified"]
 
 
 def paper_table(dataset: str, table: str, layout: dict, columns: dict[int, Column], published: PublishedSet,
@@ -504,9 +523,15 @@ def extras_table(dataset: str, columns: dict[int, Column], methods: list[str], l
 # --- entry points ----------------------------------------------------------------------------------------
 
 def paper_tables(summaries: list[Path], dataset: str, tasks: list[int], methods: list[str], out_dir: Path,
-                 published_file: Path = PUBLISHED_FILE, refuse_mixed_code: bool = False, log=print) -> None:
-    """Write out_dir/{no_coreset,coreset,extras}.{md,tex,csv,html} from the summaries that exist."""
-    layout = load_published(published_file)
+                 paper: str = DEFAULT_PAPER, tables: list[str] | None = None, refuse_mixed_code: bool = False,
+                 log=print) -> None:
+    """Write out_dir/<table>.{md,tex,csv,html} from the summaries that exist, for the paper's tables and the
+    extras table (`tables`: only these)."""
+    layout = load_published(published_file(paper))
+    tables = tables or [*layout["tables"], EXTRAS]
+    unknown = sorted(set(tables) - {*layout["tables"], EXTRAS})
+    if unknown:
+        raise ConfigError(f"paper {paper!r} has no table(s) {unknown}; its tables: {[*layout['tables'], EXTRAS]}")
     runs, missing = read_existing(summaries)
     check_code_versions(runs, refuse_mixed_code, f"paper tables of {dataset}")
     if missing:
@@ -515,14 +540,15 @@ def paper_tables(summaries: list[Path], dataset: str, tasks: list[int], methods:
     columns = build_columns(runs, dataset, tasks)
     published = published_for(layout, dataset)
     min_std = float(layout.get("source", {}).get("min_std", 0.05))
-    for table in TABLES:
+    for table in [t for t in layout["tables"] if t in tables]:
         paper_labels = {row["method"]: row["label"] for row in layout["tables"][table]["rows"]}
         card = protocol_card(dataset, table, runs, columns, published, min_std, list(paper_labels),
                              lambda m: paper_labels.get(m) or display_name(m))
         paper_table(dataset, table, layout, columns, published, card).write(out_dir / table, FORMATS)
-    shown = methods_shown(methods, columns)
-    card = protocol_card(dataset, None, runs, columns, published, min_std, shown, display_name)
-    extras_table(dataset, columns, shown, display_name, card).write(out_dir / EXTRAS, FORMATS)
+    if EXTRAS in tables:
+        shown = methods_shown(methods, columns)
+        card = protocol_card(dataset, None, runs, columns, published, min_std, shown, display_name)
+        extras_table(dataset, columns, shown, display_name, card).write(out_dir / EXTRAS, FORMATS)
 
 # --- figures ---------------------------------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ def test_cells_hold_ours_published_and_sigma_difference(tmp_path):
     assert coreset["Naive Rehearsal"][3:6] == ["25.0 ± 0.8", "24.0 ± 1.0", "+1.0σ"]
     assert coreset["ABD (no coreset)"][:3] == rows["ABD"][:3]
     assert list(coreset) == ["UB", "Naive Rehearsal", "LwF", "E2E", "BiC", "ABD (no coreset)"]
-    assert list(rows) == ["UB", "Base", "LwF", "LwF.MC", "DGR", "DeepInversion", "ABD"]
+    assert list(rows) == ["UB", "Base", "LwF", "LwF.MC", "DGR", "DeepInversion", "ABD", "R-DFCIL (later work)"]
 
 
 def test_csv_has_one_row_per_cell_with_exact_values(tmp_path):
@@ -117,7 +117,7 @@ def test_csv_has_one_row_per_cell_with_exact_values(tmp_path):
     assert float(abd["delta_sigma"]) == pytest.approx((42.0 - 43.9) / 0.9)
     assert (abd["n_seeds"], abd["seeds"], abd["published"]) == ("3", "0;1;2", "published")
     assert rows[("dgr", 10)]["ours_mean"] == "" and rows[("dgr", 10)]["paper_mean"] == "8.1"
-    assert len(rows) == 7 * 3
+    assert len(rows) == 8 * 3  # the paper's 7 methods, and R-DFCIL (later work, no published value)
 
 
 def test_markdown_renders_as_a_table(tmp_path):
@@ -315,19 +315,29 @@ def test_stored_memory_counts_parameters_and_coreset_images():
     assert abd["bytes"] == 4 * (n_model + n_generator)
 
 
-def test_dry_run_of_the_paper_config_lists_the_table_rule_with_every_cell(tmp_path):
-    config_file = REPO / "config/paper/cifar100.yaml"
+def paper_table_jobs(stdout: str) -> list[tuple[set[str], list[str]]]:
+    """(inputs, outputs) of every paper_table job a dry run lists."""
+    blocks = stdout.split("rule paper_table:")[1:]
+    return [(set(re.search(r"^\s+input: (.*)$", b, flags=re.M)[1].split(", ")),
+             re.search(r"^\s+output: (.*)$", b, flags=re.M)[1].split(", ")) for b in blocks]
+
+
+@pytest.mark.parametrize("config_name, table_set, tables", [
+    ("cifar100", "cifar100", ("no_coreset", "coreset", "extras")),
+    ("cifar100_rdfcil", "cifar100-rdfcil_eccv2022", ("data_free", "extras")),
+])
+def test_dry_run_of_a_paper_config_lists_a_table_job_per_table_with_every_cell(tmp_path, config_name, table_set,
+                                                                               tables):
+    config_file = REPO / f"config/paper/{config_name}.yaml"
     cfg = yaml.safe_load(config_file.read_text())
     out = snakemake(tmp_path, "-n", configfile=config_file)
     assert out.returncode == 0, out.stderr
-    block = out.stdout[out.stdout.index("rule paper_tables:"):]
-    inputs = set(re.search(r"^\s+input: (.*)$", block, flags=re.M)[1].split(", "))
     expected = {f"results/{name}/{method}/seed{seed}/summary.json" for name in cfg["experiments"]
                 for method in cfg["defaults"]["methods"] for seed in cfg["defaults"]["seeds"]}
-    assert inputs == expected
-    outputs = re.search(r"^\s+output: (.*)$", block, flags=re.M)[1].split(", ")
-    assert {f"results/paper/cifar100/{t}.{e}" for t in ("no_coreset", "coreset", "extras")
-            for e in ("md", "tex", "csv")} <= set(outputs)
+    jobs = paper_table_jobs(out.stdout)
+    assert len(jobs) == len(tables) and all(inputs == expected for inputs, _ in jobs)
+    assert {o for _, outputs in jobs for o in outputs} == {
+        f"results/paper/{table_set}/{t}.{e}" for t in tables for e in ("md", "tex", "csv", "html")}
     for rule in ("paper_curves", "paper_matrix", "import_mlflow"):
         assert f"rule {rule}:" in out.stdout
 
@@ -341,3 +351,30 @@ def test_dry_run_refuses_two_protocols_in_one_column(tmp_path):
     out = snakemake(tmp_path, "-n", configfile=path)
     assert out.returncode != 0
     assert "differ in setting 'train.epochs'" in out.stdout + out.stderr
+
+
+def test_a_second_paper_fills_its_own_layout_and_marks_unverified_numbers(tmp_path):
+    paths = []
+    for method, finals in (("abd", (50.0, 51.0, 52.0)), ("rdfcil", (54.0, 55.0, 56.0))):
+        for seed, final in enumerate(finals):
+            path = write_summary(tmp_path / "results", "cifar100-rdfcil-5task", method, seed, 6, final)
+            summary = json.loads(path.read_text())
+            summary["settings"] |= {"first_split": 50, "other_split": 10}
+            path.write_text(json.dumps(summary))
+            paths.append(path)
+    out = tmp_path / "paper" / "cifar100-rdfcil_eccv2022"
+    paper.paper_tables(paths, "cifar100", [6, 11, 26], ["abd", "rdfcil"], out, paper="rdfcil_eccv2022",
+                       log=lambda msg: None)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{t}.{e}" for t in ("data_free", "extras")
+                                                           for e in paper.FORMATS)
+    rows = rows_of((out / "data_free.md").read_text())
+    # R-DFCIL's 5 incremental tasks after 50 classes are 6 tasks here; its numbers carry the unverified mark
+    assert rows["R-DFCIL"][:3] == ["55.0 ± 0.8", "54.8 ± 0.8 ?", "+0.3σ"]  # (55.0 - 54.76) / 0.76; the CSV is exact
+    assert rows["ABD"][3:6] == ["–", "43.6 ± 2.4 ?", "–"]
+    text = (out / "data_free.md").read_text()
+    assert "? unverified: the values come from secondary notes" in text and "6 tasks = 50 classes, then 10" in text
+    records = list(csv.DictReader((out / "data_free.csv").open()))
+    assert {r["published"] for r in records} == {"unverified"}
+    assert {(r["method"], r["tasks"]): r["paper_mean"] for r in records}[("rdfcil", "6")] == "54.76"
+    with pytest.raises(ConfigError, match=r"paper 'rdfcil_eccv2022' has no table\(s\) \['coreset'\]"):
+        paper.paper_tables(paths, "cifar100", [6], ["abd"], out, paper="rdfcil_eccv2022", tables=["coreset"])
