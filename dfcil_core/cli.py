@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--on-divergence", choices=["record", "fail"], default="record",
                    help="a task whose network did not learn it: record it in the metrics, or fail the job")
     p.add_argument("--log", help="append progress lines to this file too")
-    p.set_defaults(func=cmd_train_task)
+    p.set_defaults(func=cmd_train_task, end_without_teardown=True)
 
     p = sub.add_parser("train-shared", help="compute a main stage shared by several methods or splits")
     p.add_argument("--recipe", required=True, help="JSON from run.shared_recipe")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument("--jobs-per-gpu", type=int, default=1)
-    p.set_defaults(func=cmd_train_shared)
+    p.set_defaults(func=cmd_train_shared, end_without_teardown=True)
 
     p = sub.add_parser("stale", help="task results made by other code than the installed package: one "
                                      "metrics.json per line with the code digest(s) that made it")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("prepare-data", help="read a dataset once into a compact array file")
     p.add_argument("--dataset", required=True, help="JSON of the dataset settings (name, root, download, ...)")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_prepare_data)
+    p.set_defaults(func=cmd_prepare_data, end_without_teardown=True)
 
     p = sub.add_parser("summarize", help="accuracy matrix and metrics of one run (all its tasks)")
     p.add_argument("run_dir")
@@ -190,6 +191,19 @@ def main(argv: list[str] | None = None) -> None:
     except Diverged as e:  # the task's network did not learn it and on_divergence is "fail"
         print(f"dfcil {args.command}: error: {e}", file=sys.stderr)
         sys.exit(3)
+    if argv is None and getattr(args, "end_without_teardown", False):
+        end_process()
+
+
+def end_process() -> None:
+    """End a torch job that succeeded at once, without the interpreter's teardown: after `import torch` (and the
+    `torch._dynamo` that every torch optimizer imports) freeing every module and object takes about a second per
+    job on a 2-core CPU (benchmarks/job_overhead.py), and a job has nothing left to clean up: its files are
+    written, closed and renamed into place, its task lock goes with the process. Buffered output is flushed
+    first. Only from the command line (`main()` without `argv`): a caller of `main` in Python keeps its process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""`run.TaskJob`, what `dfcil train-task` runs: its named steps called one by one make the job `run()` makes, and
-its metrics.json keeps its keys."""
+"""`run.TaskJob`, what `dfcil train-task` runs: its named steps called one by one make the job `run()` makes, its
+metrics.json keeps its keys, and the command ends its process without the interpreter's teardown, losing no output."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from conftest import tiny_settings
 from dfcil_core.config import ConfigError, StateError
 from dfcil_core.run import TaskJob
 
+BIN = Path(sys.executable).parent
 QUIET = dict(device="cpu", log=lambda m: None)
 # metrics.json's keys, as the reports and the MLflow import read them (the per-epoch losses are not among them)
 METRICS_KEYS = [
@@ -57,3 +61,29 @@ def test_the_jobs_refusals_are_those_of_train_node(mnist_file, tmp_path):
     with pytest.raises(StateError, match="task 1 needs the state of task 0"):
         TaskJob(settings, "tiny", 0, 1, tmp_path / "t1", None, mnist_file, **QUIET).run()
     assert not (tmp_path / "t7").exists() and not (tmp_path / "t1").exists()
+
+
+def train_task_cmd(mnist_file, out, *extra):
+    return [str(BIN / "dfcil"), "train-task", "--settings", json.dumps(tiny_settings("base")), "--data",
+            str(mnist_file), "--experiment", "tiny", "--seed", "0", "--task", "0", "--out", str(out),
+            "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_a_job_ends_its_process_at_once_and_loses_no_output(mnist_file, tmp_path):
+    # `dfcil train-task` is `cli.main()` from the command line; an atexit handler of the interpreter's teardown
+    # would leave its marker, the job's `cli.end_process` skips the teardown.
+    marker = tmp_path / "teardown-ran"
+    code = (f"import atexit, sys; atexit.register(lambda: open({str(marker)!r}, 'w').close()); "
+            "from dfcil_core.cli import main; sys.argv = sys.argv[1:]; main()")
+    cmd = train_task_cmd(mnist_file, tmp_path / "task0", "--log", str(tmp_path / "job.log"))
+    done = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not marker.exists()
+    assert done.stdout.splitlines()[-1].startswith("accuracy per seen task"), done.stdout  # a pipe: block-buffered
+    assert (tmp_path / "job.log").read_text().splitlines()[-1].startswith("accuracy per seen task")
+    assert json.loads((tmp_path / "task0" / "metrics.json").read_text())["task"] == 0
+
+    # A failing job still ends through the interpreter, with its error status.
+    failed = subprocess.run([sys.executable, "-c", code, *train_task_cmd(mnist_file, tmp_path / "bad", "--task", "9")],
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "task 9 does not exist" in failed.stderr and marker.exists()
