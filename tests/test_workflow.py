@@ -82,7 +82,7 @@ def test_every_file_a_rule_reads_is_some_rule_s_output(tmp_path):
     assert inputs <= outputs, sorted(inputs - outputs)[:5]
     grids = {f for f in inputs if f.endswith("samples.png")}
     assert "results/mnist5k-5task/abd/seed0/task4/samples.png" in grids
-    assert len(grids) == 4 * 3 * 5  # dgr, deep_inversion, lwf_synthetic, abd x 3 seeds x 5 tasks
+    assert len(grids) == 5 * 3 * 5  # dgr, deep_inversion, lwf_synthetic, abd, rdfcil x 3 seeds x 5 tasks
 
 
 def test_long_coreset_layer_changes_the_schedule_and_writes_to_its_own_folder(tmp_path):
