@@ -4,7 +4,7 @@ A task is a fixed sequence of stages (`trainer.run_stage` calls: the main stage,
 learner's `end_task` runs: E2E's balanced fine-tuning, BiC's bias correction, generator inversion).
 While a job runs, each stage leaves
 - a progress checkpoint every `every_seconds`, at an epoch boundary: the whole learner state, the
-  stage's optimizer, every RNG state, the epoch reached and the running loss sums;
+  stage's optimizer, every RNG state, the epoch reached and the mean loss terms of every epoch so far;
 - a completion snapshot when it ends: the learner state and RNG states right after it.
 
 Started again, the job replays the task from its beginning: a completed stage is skipped by loading
@@ -138,7 +138,8 @@ class Checkpointer:
         return state
 
     def progress(self, ordinal: int, optimizer: torch.optim.Optimizer) -> dict | None:
-        """If stage `ordinal` was interrupted: restore its last checkpoint; returns epoch and loss sums."""
+        """If stage `ordinal` was interrupted: restore its last checkpoint; returns the epoch reached and the
+        samples, seconds and per-epoch losses up to it."""
         state = self._load(self.directory / f"stage{ordinal}.pt")
         if state is not None:
             self.learner.load_state_dict(state["learner"])
