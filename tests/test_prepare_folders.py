@@ -210,7 +210,7 @@ def test_paper_config_dry_run_prepares_the_folder_tree_once_and_builds_its_table
     out = snakemake(tmp_path, "-n", configfile=path)
     assert out.returncode == 0, out.stderr[-3000:]
     counts = job_counts(out.stdout)
-    assert counts["prepare_data"] == 1 and counts["paper_tables"] == 1 and counts["paper_samples"] == 1
+    assert counts["prepare_data"] == 1 and counts["paper_table"] == 3 and counts["paper_samples"] == 1
     assert counts["summarize_run"] == n_methods * 3
     assert f"results/paper/{name}/samples_{n_tasks}tasks.png" in out.stdout
     assert len(cfg["defaults"]["methods"]) == n_methods
