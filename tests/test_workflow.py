@@ -148,6 +148,16 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
             assert (results / "logs" / "tiny" / method / "seed0" / f"task{t}.log").is_file()
         summary = json.loads((run / "summary.json").read_text())
         assert len(summary["accuracy_matrix"]) == 2
+    # Snakemake's benchmark of each training job holds the job's own clock (benchmarks/job_times.py)
+    job_times = subprocess.run([sys.executable, str(REPO / "benchmarks" / "job_times.py"), str(results)],
+                               capture_output=True, text=True)
+    assert job_times.returncode == 0, job_times.stderr
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from job_times import job_pairs
+    pairs = job_pairs(results)
+    assert {(r["method"], r["task"]) for r in pairs} == {(m, f"task{t}") for m in ("base", "naive_rehearsal")
+                                                        for t in (0, 1)}
+    assert all(r["job_seconds"] > r["own_seconds"] > 0 for r in pairs), pairs
     for ext in ("md", "tex", "csv"):
         assert (results / "tiny" / f"final_accuracy.{ext}").is_file()
     assert (results / "tiny" / "accuracy_curve.png").stat().st_size > 0

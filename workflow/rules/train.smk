@@ -16,6 +16,10 @@ rule train_task:
         out=lambda wildcards, output: Path(output.state).parent,
     log:
         f"{RESULTS}/logs/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}.log",
+    # Snakemake's record of the job from outside (wall clock from the shell's start, peak memory, CPU time):
+    # beside metrics.json's wall_seconds (the training only) it shows what a job costs around its training.
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}.tsv"
     threads: TRAIN_RESOURCES["cpus"]  # on Slurm, its --cpus-per-task
     resources:
         gpu=TRAIN_RESOURCES["gpus"],
@@ -54,6 +58,8 @@ rule train_shared_stage:
         recipe=lambda wildcards: json.dumps(SHARED[wildcards.key], sort_keys=True),
     log:
         f"{RESULTS}/logs/shared/{{learner}}-{{key}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/shared/{{learner}}-{{key}}/seed{{seed}}.tsv"
     threads: TRAIN_RESOURCES["cpus"]  # on Slurm, its --cpus-per-task
     resources:
         gpu=TRAIN_RESOURCES["gpus"],
