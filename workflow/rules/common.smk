@@ -1,3 +1,4 @@
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -9,7 +10,7 @@ from snakemake.exceptions import WorkflowError
 # Torch-free imports: the parse (here, and again inside every cluster job) must stay cheap.
 from dfcil_core import config as dfcil_config
 from dfcil_core import paper as dfcil_paper
-from dfcil_core.methods import GENERATIVE_METHODS, Task, resolve, shared_recipe
+from dfcil_core.methods import GENERATIVE_METHODS, METHODS, Task, resolve, shared_recipe
 
 # Tables name the code versions their runs come from; with refuse_mixed_code they fail on several instead.
 MIXED_CODE_FLAG = "--refuse-mixed-code" if config["refuse_mixed_code"] else ""
@@ -45,6 +46,9 @@ for _name, _exp in EXPERIMENTS.items():
         )
 
 
+PLAIN_METHODS = [m for m in METHODS if m not in GENERATIVE_METHODS]  # train_task's; train_generative_task the rest
+
+
 wildcard_constraints:
     experiment=r"[A-Za-z0-9_.-]+",
     method=r"[a-z0-9_]+",
@@ -75,8 +79,13 @@ def prepared_data(wildcards):
 def train_settings(wildcards):
     """The run's settings as the job resolves them (every default written out): a changed default changes
     the params of exactly the jobs it affects, and Snakemake reruns those."""
-    exp = EXPERIMENTS[wildcards.experiment]
-    return json.dumps(resolve(dfcil_config.run_settings(exp, wildcards.method))[0], sort_keys=True)
+    return resolved_settings(wildcards.experiment, wildcards.method)
+
+
+@functools.cache  # one resolution per (experiment, method), not one per task job
+def resolved_settings(experiment, method):
+    exp = EXPERIMENTS[experiment]
+    return json.dumps(resolve(dfcil_config.run_settings(exp, method))[0], sort_keys=True)
 
 
 def task_of(experiment, t):
@@ -109,6 +118,12 @@ for _name, _exp in EXPERIMENTS.items():
 def shared_stage(wildcards):
     node = SHARED_NODE.get((wildcards.experiment, wildcards.method, int(wildcards.task)))
     return f"{RESULTS}/shared/{node}/seed{wildcards.seed}/stage0.done.pt" if node else []
+
+
+def task_inputs(wildcards):
+    """A task job's inputs: the prepared data, the previous task's state (none for task 0) and the shared
+    main stage it restores (if any)."""
+    return {"data": prepared_data(wildcards), "parent": parent_state(wildcards), "shared": shared_stage(wildcards)}
 
 
 def shared_arg(wildcards, input):

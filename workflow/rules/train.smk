@@ -1,11 +1,14 @@
 TRAIN_RESOURCES = config["resources"]["train_task"]  # from the config, so that a site can size them
 
 
+# The plain methods' task jobs; the generative methods' are train_generative_task below. Disjoint methods, so
+# that Snakemake makes one candidate job per task file, not two settled by a rule order.
 rule train_task:
+    wildcard_constraints:
+        method="|".join(PLAIN_METHODS),
     input:
-        data=prepared_data,
-        parent=parent_state,
-        shared=shared_stage,
+        # one input function for the three (each function is a call per job when the DAG is built)
+        unpack(task_inputs),
     output:
         state=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/state.pt",
         metrics=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/metrics.json",
@@ -33,6 +36,8 @@ rule train_task:
         # so changing them must not retrigger finished jobs.
         " --device {config[device]} --checkpoint-minutes {config[checkpoint_minutes]}"
         " --jobs-per-gpu {config[jobs_per_gpu]} --on-divergence {config[on_divergence]} > {log} 2>&1"
+        # Snakemake reruns a job whose shell text changed (its `code` trigger) on every existing results tree:
+        # change the command only where the change is meant to rerun the training.
 
 
 # The generative methods' task jobs also write the grid of generated samples that the paper figures and the
@@ -44,9 +49,6 @@ use rule train_task as train_generative_task with:
         samples=f"{RESULTS}/{{experiment}}/{{method}}/seed{{seed}}/task{{task}}/samples.png",
     wildcard_constraints:
         method="|".join(GENERATIVE_METHODS),
-
-
-ruleorder: train_generative_task > train_task
 
 
 rule train_shared_stage:
