@@ -1,11 +1,14 @@
 """The side-by-side harness of benchmarks/reference_parity (issue #16), without the reference checkout itself:
 its CPU shim, how it reads the reference's per-task accuracy files, and the parity verdict."""
 
+import argparse
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_parity"
@@ -64,3 +67,33 @@ def test_parity_verdict_uses_the_larger_of_the_reference_population_std_and_thre
     verdict = {r["method"]: (round(r["tolerance"], 3), r["within"]) for r in rows}
     # population std of 30/40/50: 8.165 > 3 points; LwF's 3.5-point gap exceeds its 3-point tolerance
     assert verdict == {"base": (3.0, True), "abd": (8.165, True), "lwf": (3.0, False)}
+
+
+def test_a_reference_seed_runs_alone_after_placeholder_repeats(tmp_path):
+    """The reference's run_dfcil.py resumes after the repeats in its results files (all five of them) with
+    `--overwrite 0`: seed r runs alone after r placeholder repeats."""
+    parity = load("parity")
+    parity.placeholder_repeats(tmp_path, 2, 5)
+    shapes = {path.relative_to(tmp_path).as_posix(): np.asarray(yaml.safe_load(path.read_text())["history"]).shape
+              for path in tmp_path.glob("results-*/*.yaml")}
+    assert shapes == {"results-acc/global.yaml": (5, 2), "results-acc/pt.yaml": (5, 5, 2),
+                      "results-acc/pt-local.yaml": (5, 5, 2), "results-mem/global.yaml": (5, 2),
+                      "results-time/global.yaml": (5, 2)}
+    cmd = parity.reference_command(Path("REF"), "abd", 2, Path("DATA"), tmp_path)
+    assert cmd[cmd.index("--repeat") + 1] == "3" and cmd[cmd.index("--overwrite") + 1] == "0"
+
+
+def test_a_record_of_fewer_seeds_runs_only_the_seeds_it_lacks(tmp_path):
+    parity = load("parity")
+    matrices = [[[90.0], [10.0, 95.0]], [[80.0], [11.0, 85.0]]]
+    runs = tmp_path / "runs" / "ours"
+    runs.mkdir(parents=True)
+    (runs / "base.json").write_text(json.dumps({"seeds": [0, 1], "accuracy": matrices, "final": [52.5, 48.0],
+                                                "seconds": 10.0, "command": ["python", "x"]}))
+    two = parity.method_record("ours", "base", argparse.Namespace(out=tmp_path, seeds=1))
+    assert two["seeds"] == [0] and two["final"] == [52.5] and two["accuracy"] == matrices[:1]
+    assert parity.method_record("ours", "base", argparse.Namespace(out=tmp_path, seeds=3)) is None
+    for seed in (0, 1):
+        record = json.loads((runs / "base" / f"seed{seed}.json").read_text())
+        assert record["seed"] == seed and record["accuracy"] == matrices[seed] and record["seconds"] is None
+    assert not (runs / "base" / "seed2.json").exists()

@@ -11,11 +11,14 @@ of each seed, batch 128, SGD lr 0.01 constant, momentum 0.9, weight decay 2e-4, 
 flip + jitter; data-free methods with the paper's generator and 100 inversion iterations. The reference runs
 on the CPU through `reference_cpu.py` (a shim outside its files).
 
-Each (implementation, method) is one process (seeds 0..N-1 in it, as the reference's `--repeat`), `--jobs` at
-a time with one thread each; its result lands in OUT/runs/<side>/<method>.json and is reused by a later call
-(delete it to rerun). The table (final accuracy mean +- population std over seeds, each task's accuracy after the last
-task, and whether ours is within max(std of the reference, 3 points) of the reference) is printed and
-written to OUT/parity.md and OUT/parity.json.
+Each (implementation, method, seed) is one process, `--jobs` at a time with one thread each; a seed's result lands
+in OUT/runs/<side>/<method>/seed<r>.json, all seeds of a method together in OUT/runs/<side>/<method>.json, and
+both are reused by a later call (delete them to rerun). The reference runs seed r alone by resuming after r
+placeholder repeats (its `--repeat r+1 --overwrite 0` reads the repeats already in its results files; the
+placeholders are zeros and never read back), in its own folder OUT/runs/reference/<method>/seed<r>-run.
+The table (final accuracy mean +- population std over seeds, each task's accuracy after the last task, and whether
+ours is within max(std of the reference, 3 points) of the reference) is printed and written to OUT/parity.md and
+OUT/parity.json.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
+N_TASKS = 5
 PROTOCOL = {"epochs": 10, "lr": 0.01, "batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4,
             "first_split": 2, "other_split": 2, "power_iters": 100, "memory_size": 200}
 
@@ -84,16 +88,27 @@ def write_data(root: Path) -> Path:
     return root
 
 
-def reference_command(reference: Path, method: str, seeds: int, data: Path, log_dir: Path) -> list[str]:
+def reference_command(reference: Path, method: str, seed: int, data: Path, log_dir: Path) -> list[str]:
     p = PROTOCOL
     common = ["--dataset", "CIFAR10", "--dataroot", str(data), "--train_aug", "--rand_split", "--gpuid", "0",
-              "--workers", "0", "--repeat", str(seeds), "--overwrite", "1", "--log_dir", str(log_dir),
+              "--workers", "0", "--repeat", str(seed + 1), "--overwrite", "0", "--log_dir", str(log_dir),
               "--first_split_size", str(p["first_split"]), "--other_split_size", str(p["other_split"]),
               "--schedule", str(p["epochs"]), "--schedule_type", "decay", "--batch_size", str(p["batch_size"]),
               "--optimizer", "SGD", "--lr", str(p["lr"]), "--momentum", str(p["momentum"]),
               "--weight_decay", str(p["weight_decay"]), "--model_name", "resnet32", "--model_type", "resnet"]
     # a later --weight_decay (DGR's 0) wins in argparse
     return [sys.executable, str(HERE / "reference_cpu.py"), str(reference), *common, *METHODS[method][0]]
+
+
+def placeholder_repeats(log_dir: Path, seed: int, n_tasks: int) -> None:
+    """Results files holding `seed` repeats of zeros, so that the reference's run starts at repeat (= seed) `seed`:
+    run_dfcil.py reads every one of them (acc global/pt/pt-local, mem and time global) or starts at repeat 0."""
+    shapes = {"global": (n_tasks, seed), "pt": (n_tasks, n_tasks, seed), "pt-local": (n_tasks, n_tasks, seed)}
+    for metric, keys in (("acc", shapes), ("mem", ["global"]), ("time", ["global"])):
+        folder = log_dir / f"results-{metric}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            (folder / f"{key}.yaml").write_text(yaml.safe_dump({"history": np.zeros(shapes[key]).tolist()}))
 
 
 def read_reference(log_dir: Path) -> list[list[list[float]]]:
@@ -113,43 +128,68 @@ def our_settings(method: str) -> dict:
             "method": method, "method_settings": METHODS[method][1]}
 
 
-def run_ours(method: str, seeds: int, data: Path) -> list[list[list[float]]]:
-    """In a child process (`--ours METHOD`): seeds 0..N-1 through `train_in_process`, the uninterrupted run."""
+def run_ours(method: str, seed: int, data: Path) -> list[list[float]]:
+    """In a child process (`--ours METHOD --seed R`): one seed through `train_in_process`, the uninterrupted run."""
     import torch
     from dfcil_core.run import train_in_process
     torch.set_num_threads(1)
-    matrices = []
-    for seed in range(seeds):
-        results = train_in_process(our_settings(method), seed, 5, device="cpu", data_root=str(data))
-        matrices.append([r["accuracy_per_task"] for r in results])
-    return matrices
+    results = train_in_process(our_settings(method), seed, N_TASKS, device="cpu", data_root=str(data))
+    return [r["accuracy_per_task"] for r in results]
 
 
-def run_one(side: str, method: str, args) -> dict:
-    out = args.out / "runs" / side / f"{method}.json"
+def method_record(side: str, method: str, args) -> dict | None:
+    """The recorded run of all seeds 0..N-1 (or more), if there is one. A record of fewer seeds is kept as
+    per-seed records (seed<r>.json, where missing), so that only the seeds it lacks run."""
+    path = args.out / "runs" / side / f"{method}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if len(record["final"]) >= args.seeds:
+        return {**record, **{k: record[k][:args.seeds] for k in ("seeds", "accuracy", "final")}}
+    seconds = record["seconds"] if isinstance(record["seconds"], list) else [None] * len(record["seeds"])
+    commands = record.get("commands") or [record["command"]] * len(record["seeds"])
+    for seed, matrix, s, cmd in zip(record["seeds"], record["accuracy"], seconds, commands):
+        seed_path = path.parent / method / f"seed{seed}.json"
+        if not seed_path.is_file():
+            seed_path.parent.mkdir(parents=True, exist_ok=True)
+            seed_path.write_text(json.dumps({"seed": seed, "accuracy": matrix, "seconds": s, "command": cmd},
+                                            indent=1))
+    return None
+
+
+def run_seed(side: str, method: str, seed: int, args) -> dict:
+    out = args.out / "runs" / side / method / f"seed{seed}.json"
     if out.is_file():
         return json.loads(out.read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if side == "reference":
-        log_dir = args.out / "runs" / "reference" / method
-        cmd = reference_command(args.reference, method, args.seeds, args.data, log_dir)
+        run_dir = out.parent / f"seed{seed}-run"
+        placeholder_repeats(run_dir, seed, N_TASKS)
+        cmd = reference_command(args.reference, method, seed, args.data, run_dir)
     else:
-        cmd = [sys.executable, __file__, "--ours", method, "--seeds", str(args.seeds), "--data", str(args.data),
-               "--result", str(out.with_suffix(".matrices.json"))]
+        cmd = [sys.executable, __file__, "--ours", method, "--seed", str(seed), "--data", str(args.data),
+               "--result", str(out.with_suffix(".matrix.json"))]
+    log = out.with_suffix(".log")
     start = time.perf_counter()
     with open(log, "w") as f:
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO).returncode
     seconds = time.perf_counter() - start
     if code != 0:
-        raise RuntimeError(f"{side} {method} failed (exit {code}); see {log}")
-    matrices = (read_reference(log_dir) if side == "reference"
-                else json.loads(out.with_suffix(".matrices.json").read_text()))
-    record = {"side": side, "method": method, "seeds": list(range(args.seeds)), "accuracy": matrices,
-              "final": [float(np.mean(m[-1])) for m in matrices], "seconds": round(seconds, 1),
-              "command": cmd}
+        raise RuntimeError(f"{side} {method} seed {seed} failed (exit {code}); see {log}")
+    matrix = (read_reference(run_dir)[seed] if side == "reference"
+              else json.loads(out.with_suffix(".matrix.json").read_text()))
+    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd}
     out.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def method_from_seeds(side: str, method: str, seeds: list[dict], args) -> dict:
+    record = {"side": side, "method": method, "seeds": [s["seed"] for s in seeds],
+              "accuracy": [s["accuracy"] for s in seeds],
+              "final": [float(np.mean(s["accuracy"][-1])) for s in seeds],
+              "seconds": [s["seconds"] for s in seeds], "commands": [s["command"] for s in seeds]}
+    (args.out / "runs" / side / f"{method}.json").write_text(json.dumps(record, indent=1))
     return record
 
 
@@ -184,19 +224,24 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reference-parity")
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ours", metavar="METHOD", help=argparse.SUPPRESS)  # the child process of one of our runs
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ours:
-        args.result.write_text(json.dumps(run_ours(args.ours, args.seeds, args.data)))
+        args.result.write_text(json.dumps(run_ours(args.ours, args.seed, args.data)))
         return 0
     if args.reference is None or not (args.reference / "run_dfcil.py").is_file():
         parser.error(f"--reference must be a checkout of GT-RIPL/AlwaysBeDreaming-DFCIL (no run_dfcil.py in "
                      f"{args.reference})")
     args.reference, args.out = args.reference.resolve(), args.out.resolve()
     args.data = write_data(args.out / "data")
-    jobs = [(side, method) for method in args.methods for side in ("reference", "ours")]
+    records = {(side, m): method_record(side, m, args) for m in args.methods for side in ("reference", "ours")}
+    jobs = [(side, m, seed) for (side, m), rec in records.items() if rec is None for seed in range(args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        records = dict(zip(jobs, pool.map(lambda job: run_one(*job, args), jobs)))
+        seeds = dict(zip(jobs, pool.map(lambda job: run_seed(*job, args), jobs)))
+    for (side, m), rec in records.items():
+        if rec is None:
+            records[side, m] = method_from_seeds(side, m, [seeds[side, m, r] for r in range(args.seeds)], args)
     text, rows = table(records, args.methods)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} jobs of 1 thread"
     header = (f"Final accuracy (%) over seeds 0-{args.seeds - 1}, protocol {json.dumps(PROTOCOL)}; machine: "
