@@ -148,7 +148,7 @@ def main() -> int:
     _, _, data, learner = build(parity.our_settings("bic"), args.seed, "cpu", data_root=str(data_root))
     results: list[dict] = []
 
-    # 1. class order
+    # the class order
     ours_tasks = [data.class_order[a:b] for a, b in zip(data.bounds, data.bounds[1:])]
     check("class order", [list(t) for t in trainer.tasks] == ours_tasks, f"reference {trainer.tasks}", results)
 
