@@ -7,7 +7,9 @@ pairs Snakemake's record of the job (`RESULTS/benchmarks/<experiment>/<method>/s
 column: the job's wall clock from the shell's start to its end, interpreter start, imports, loading and saving
 included) with the job's own clock (`wall_seconds` of its metrics.json: the task's training and evaluation).
 It prints the sums, their ratio, and the per-job time outside the job's own clock (median and total), per method
-and in all. A task that a job found already finished, or resumed from a checkpoint, would pair a short job with
+and in all. With --floor-repeats N it also times a new interpreter that only imports torch (median of N, this
+interpreter): the least any job spends outside its own clock, since every job is a process of its own that needs
+torch, and the ratio that this alone gives these jobs, sum(own + import) / sum(own). A task that a job found already finished, or resumed from a checkpoint, would pair a short job with
 an earlier job's clock: run it on a tree that one uninterrupted workflow wrote.
 """
 
@@ -19,7 +21,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -52,10 +56,22 @@ def summarize(rows: list[dict]) -> dict:
             "outside_seconds_median": round(statistics.median(outside), 2) if outside else None}
 
 
+def import_torch_seconds(repeats: int) -> float:
+    """Median wall clock of `python -c "import torch"` in a new process (this interpreter)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="?", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, help="write the numbers here as JSON")
+    parser.add_argument("--floor-repeats", type=int, default=0,
+                        help="also time `python -c 'import torch'` this many times and report the ratio it alone gives")
     args = parser.parse_args()
     rows = job_pairs(args.results)
     if not rows:
@@ -64,12 +80,20 @@ def main() -> int:
     for r in rows:
         by_method[r["method"]].append(r)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "results": str(args.results), "all": summarize(rows),
+              "command": " ".join(["python benchmarks/job_times.py", *sys.argv[1:]]), "results": str(args.results), "all": summarize(rows),
               "per_method": {m: summarize(rs) for m, rs in sorted(by_method.items())}}
     print(f"{'method':<18} {'jobs':>5} {'job s':>9} {'own s':>9} {'ratio':>7} {'outside, median':>16}")
     for name, s in [*report["per_method"].items(), ("all", report["all"])]:
         print(f"{name:<18} {s['jobs']:>5} {s['job_seconds']:>9.1f} {s['own_seconds']:>9.1f} {s['ratio']:>7.3f} "
               f"{s['outside_seconds_median']:>15.2f}s")
+    if args.floor_repeats > 0:
+        seconds = import_torch_seconds(args.floor_repeats)
+        own = report["all"]["own_seconds"]
+        floor = (own + seconds * len(rows)) / own
+        report["floor"] = {"import_torch_seconds": round(seconds, 3), "repeats": args.floor_repeats,
+                           "ratio_from_import_alone": round(floor, 3)}
+        print(f"floor: a new interpreter importing torch takes {seconds:.2f} s (median of {args.floor_repeats}); "
+              f"with only that outside each job's own clock the ratio would be {floor:.3f}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0

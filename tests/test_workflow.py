@@ -150,9 +150,15 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
         summary = json.loads((run / "summary.json").read_text())
         assert len(summary["accuracy_matrix"]) == 2
     # Snakemake's benchmark of each training job holds the job's own clock (benchmarks/job_times.py)
-    job_times = subprocess.run([sys.executable, str(REPO / "benchmarks" / "job_times.py"), str(results)],
+    job_times = subprocess.run([sys.executable, str(REPO / "benchmarks" / "job_times.py"), str(results),
+                                "--floor-repeats", "1", "--out", str(tmp_path / "job_times.json")],
                                capture_output=True, text=True)
     assert job_times.returncode == 0, job_times.stderr
+    timed = json.loads((tmp_path / "job_times.json").read_text())
+    assert timed["all"]["jobs"] == 4 and timed["floor"]["import_torch_seconds"] > 0
+    own = timed["all"]["own_seconds"]
+    assert timed["floor"]["ratio_from_import_alone"] == pytest.approx(
+        (own + 4 * timed["floor"]["import_torch_seconds"]) / own, abs=2e-3)
     spec = importlib.util.spec_from_file_location("job_times", REPO / "benchmarks" / "job_times.py")
     job_times_module = importlib.util.module_from_spec(spec)  # a script, not a package: loaded, not on sys.path
     spec.loader.exec_module(job_times_module)
