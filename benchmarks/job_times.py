@@ -9,8 +9,9 @@ included) with the job's own clock (`wall_seconds` of its metrics.json: the task
 It prints the sums, their ratio, and the per-job time outside the job's own clock (median and total), per method
 and in all. With --floor-repeats N it also times a new interpreter that only imports torch (median of N, this
 interpreter): the least any job spends outside its own clock, since every job is a process of its own that needs
-torch, and the ratio that this alone gives these jobs, sum(own + import) / sum(own). A task that a job found already finished, or resumed from a checkpoint, would pair a short job with
-an earlier job's clock: run it on a tree that one uninterrupted workflow wrote.
+torch, and the ratio that this alone gives these jobs, sum(own + import) / sum(own). A task that a job found
+already finished, or resumed from a checkpoint, would pair a short job with an earlier job's clock: run it on a
+tree that one uninterrupted workflow wrote.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def main() -> int:
     for r in rows:
         by_method[r["method"]].append(r)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "command": " ".join(["python benchmarks/job_times.py", *sys.argv[1:]]), "results": str(args.results), "all": summarize(rows),
+              "command": " ".join(["python benchmarks/job_times.py", *sys.argv[1:]]),
+              "results": str(args.results), "all": summarize(rows),
               "per_method": {m: summarize(rs) for m, rs in sorted(by_method.items())}}
     print(f"{'method':<18} {'jobs':>5} {'job s':>9} {'own s':>9} {'ratio':>7} {'outside, median':>16}")
     for name, s in [*report["per_method"].items(), ("all", report["all"])]:
