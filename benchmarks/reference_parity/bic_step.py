@@ -3,8 +3,8 @@
     python benchmarks/reference_parity/bic_step.py --reference PATH/TO/AlwaysBeDreaming-DFCIL [--seed 0]
                                                    [--out FILE.json]
 
-The parity table compares whole runs, whose random streams (initial weights, shuffling, augmentation) differ
-between the two code bases, so a gap there is a difference of code or of luck. This script takes luck out for
+The parity table compares whole runs, whose random streams (batch order, augmentation) differ between the two
+code bases, so a gap there is a difference of code or of luck. This script takes luck out for
 the steps that BiC adds to LwF: it builds the reference's `Trainer` (its datasets, class order and `kd.BIC`
 learner, on the CPU through `reference_cpu.py`'s shim) and ours on the same files that `parity.py` writes,
 copies our initial weights into the reference's model, and then, task after task without training (so that the
@@ -49,11 +49,8 @@ LOSS_TOLERANCE = 1e-5
 
 def reference_side(reference: Path, seed: int, data: Path, log_dir: Path):
     """The reference's Trainer for BiC under the parity protocol (its learner, datasets and task splits)."""
-    reference_cpu.install()
-    sys.path.insert(0, str(reference))
-    import dataloaders.loader as loader  # the reference's package, found through sys.path
-    loader.check_integrity = lambda path, md5: True
-    from run_dfcil import get_args
+    reference_cpu.enter(str(reference))
+    from run_dfcil import get_args  # the reference's modules, importable after enter()
     from trainer import Trainer
     command = parity.reference_command(reference, "bic", seed, data, log_dir)
     args = get_args(command[3:])  # [python, reference_cpu.py, checkout, *arguments]

@@ -64,12 +64,17 @@ def install() -> None:
     torch.nn.Module.to = _to_without_cuda(torch.nn.Module.to)
 
 
-def main() -> None:
-    reference, argv = os.path.abspath(sys.argv[1]), sys.argv[2:]
+def enter(reference: str) -> None:
+    """Install the shim and make the reference's modules (run_dfcil, trainer, learners, ...) importable."""
     install()
     sys.path.insert(0, reference)
     import dataloaders.loader as loader  # the reference's package, found through sys.path
     loader.check_integrity = lambda path, md5: True  # what download, _check_integrity and _load_meta ask
+
+
+def main() -> None:
+    reference, argv = os.path.abspath(sys.argv[1]), sys.argv[2:]
+    enter(reference)
     sys.argv = [os.path.join(reference, "run_dfcil.py"), *argv]
     runpy.run_path(sys.argv[0], run_name="__main__")
 
