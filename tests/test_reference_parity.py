@@ -81,6 +81,9 @@ def test_a_reference_seed_runs_alone_after_placeholder_repeats(tmp_path):
                       "results-time/global.yaml": (5, 2)}
     cmd = parity.reference_command(Path("REF"), "abd", 2, Path("DATA"), tmp_path)
     assert cmd[cmd.index("--repeat") + 1] == "3" and cmd[cmd.index("--overwrite") + 1] == "0"
+    assert cmd[cmd.index("--workers") + 1] == "0"  # the protocol: every random draw in the main process
+    other_streams = parity.reference_command(Path("REF"), "abd", 2, Path("DATA"), tmp_path, workers=1)
+    assert other_streams[other_streams.index("--workers") + 1] == "1"
 
 
 def test_a_record_of_fewer_seeds_runs_only_the_seeds_it_lacks(tmp_path):
@@ -97,3 +100,25 @@ def test_a_record_of_fewer_seeds_runs_only_the_seeds_it_lacks(tmp_path):
         record = json.loads((runs / "base" / f"seed{seed}.json").read_text())
         assert record["seed"] == seed and record["accuracy"] == matrices[seed] and record["seconds"] is None
     assert not (runs / "base" / "seed2.json").exists()
+
+
+def test_paired_differences_are_taken_over_the_seeds_both_sides_recorded(tmp_path):
+    sides = {"a": {"seeds": [0, 1, 2, 3], "final": [50.0, 60.0, 55.0, 99.0]},
+             "b": {"seeds": [0, 1, 2], "final": [52.0, 55.0, 55.0]}}
+    for side, record in sides.items():
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "bic.json").write_text(json.dumps(record))
+    out = tmp_path / "paired.json"
+    done = subprocess.run([sys.executable, str(HARNESS / "paired.py"), str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--tolerance", "3", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [0, 1, 2] and result["differences"] == [-2.0, 5.0, 0.0]  # seed 3: only in A
+    assert result["mean"] == 1.0 and round(result["sample_std"], 4) == round(np.std([-2, 5, 0], ddof=1), 4)
+    se = np.std([-2, 5, 0], ddof=1) / np.sqrt(3)
+    assert round(result["se_three_seeds"], 6) == round(se, 6)
+    # P(|N(0, se)| > 3): se = 2.08, so 3 is 1.44 standard errors out, about 15 %
+    assert 0.14 < result["p_miss_three_seeds"] < 0.16
+    no_record = subprocess.run([sys.executable, str(HARNESS / "paired.py"), str(tmp_path / "a"), str(tmp_path / "a"),
+                               "--method", "missing"], capture_output=True, text=True)
+    assert no_record.returncode == 2 and "no missing.json in" in no_record.stderr

@@ -88,10 +88,11 @@ def write_data(root: Path) -> Path:
     return root
 
 
-def reference_command(reference: Path, method: str, seed: int, data: Path, log_dir: Path) -> list[str]:
+def reference_command(reference: Path, method: str, seed: int, data: Path, log_dir: Path,
+                      workers: int = 0) -> list[str]:
     p = PROTOCOL
     common = ["--dataset", "CIFAR10", "--dataroot", str(data), "--train_aug", "--rand_split", "--gpuid", "0",
-              "--workers", "0", "--repeat", str(seed + 1), "--overwrite", "0", "--log_dir", str(log_dir),
+              "--workers", str(workers), "--repeat", str(seed + 1), "--overwrite", "0", "--log_dir", str(log_dir),
               "--first_split_size", str(p["first_split"]), "--other_split_size", str(p["other_split"]),
               "--schedule", str(p["epochs"]), "--schedule_type", "decay", "--batch_size", str(p["batch_size"]),
               "--optimizer", "SGD", "--lr", str(p["lr"]), "--momentum", str(p["momentum"]),
@@ -166,7 +167,7 @@ def run_seed(side: str, method: str, seed: int, args) -> dict:
     if side == "reference":
         run_dir = out.parent / f"seed{seed}-run"
         placeholder_repeats(run_dir, seed, N_TASKS)
-        cmd = reference_command(args.reference, method, seed, args.data, run_dir)
+        cmd = reference_command(args.reference, method, seed, args.data, run_dir, args.reference_workers)
     else:
         cmd = [sys.executable, __file__, "--ours", method, "--seed", str(seed), "--data", str(args.data),
                "--result", str(out.with_suffix(".matrix.json"))]
@@ -222,6 +223,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--jobs", type=int, default=2, help="processes at once (one thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "reference-parity")
+    parser.add_argument("--reference-workers", type=int, default=0,
+                        help="the reference's DataLoader workers (default 0, the protocol). Any other count runs the "
+                             "same code on other random streams: augmentation is drawn in the worker processes, so "
+                             "batch order and every augmentation change while nothing else does")
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ours", metavar="METHOD", help=argparse.SUPPRESS)  # the child process of one of our runs
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -246,10 +251,12 @@ def main() -> int:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} jobs of 1 thread"
     header = (f"Final accuracy (%) over seeds 0-{args.seeds - 1}, protocol {json.dumps(PROTOCOL)}; machine: "
               f"{machine}; command: python benchmarks/reference_parity/parity.py --reference REF --methods "
-              f"{' '.join(args.methods)} --seeds {args.seeds} --jobs {args.jobs}\n\n")
+              f"{' '.join(args.methods)} --seeds {args.seeds} --jobs {args.jobs}"
+              f"{f' --reference-workers {args.reference_workers}' if args.reference_workers else ''}\n\n")
     print(header + text)
     (args.out / "parity.md").write_text(header + text + "\n")
-    (args.out / "parity.json").write_text(json.dumps({"protocol": PROTOCOL, "machine": machine, "rows": rows},
+    (args.out / "parity.json").write_text(json.dumps({"protocol": PROTOCOL, "machine": machine,
+                                                     "reference_workers": args.reference_workers, "rows": rows},
                                                      indent=1))
     return 0 if all(r["within"] for r in rows) else 1
 
