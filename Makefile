@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh clone (CPU-only Linux, Python >= 3.11):
 #   make run    create .venv, install, run the default workflow (the offline demo)
 #   make test   create .venv, install, run the test suite
-#   make long-coreset   issue #3's longer coreset schedule on the demo data (results/long-coreset/, ~19 min on 2 cores)
+#   make long-coreset   issue #3's longer coreset schedule on the demo data (results/long-coreset/, ~30 min on 2 cores)
 VENV ?= .venv
 CORES ?= 2
 PY := $(VENV)/bin/python
