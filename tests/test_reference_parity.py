@@ -122,3 +122,57 @@ def test_paired_differences_are_taken_over_the_seeds_both_sides_recorded(tmp_pat
     no_record = subprocess.run([sys.executable, str(HARNESS / "paired.py"), str(tmp_path / "a"), str(tmp_path / "a"),
                                "--method", "missing"], capture_output=True, text=True)
     assert no_record.returncode == 2 and "no missing.json in" in no_record.stderr
+
+
+def test_the_one_ulp_twin_differs_from_the_original_by_exactly_one_float_in_every_weight():
+    import torch
+    lockstep = load("bic_lockstep")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(50, 40), torch.nn.Linear(40, 3))
+    original = [p.detach().clone() for p in model.parameters()]
+    lockstep.nudge_one_ulp(model, seed=0)
+    ups = 0
+    for before, p in zip(original, model.parameters()):
+        after = p.detach()
+        assert (after != before).all()
+        # one step back towards the original lands on it: no float lies between them
+        assert torch.equal(torch.nextafter(after, before), before)
+        ups += int((after > before).sum())
+    total = sum(p.numel() for p in original)
+    assert 0.45 * total < ups < 0.55 * total  # a coin flip per weight
+
+
+def test_our_side_takes_the_reference_batches_in_order_and_refuses_one_more():
+    import torch
+    lockstep = load("bic_lockstep")
+
+    class OurData:
+        device = torch.device("cpu")
+
+        def train_batch(self, index, normalize=True):
+            raise AssertionError("our own batches must not be drawn")
+
+    recorded = [(torch.full((2, 3), float(k)), torch.tensor([k, k])) for k in range(2)]
+    replay = lockstep.ReplayedBatches(OurData(), recorded)
+    assert replay.device == torch.device("cpu")  # everything else is our data's
+    for k in range(2):
+        batch = replay.train_batch(torch.tensor([7, 8]))
+        assert torch.equal(batch.x, recorded[k][0]) and torch.equal(batch.y, recorded[k][1])
+        assert batch.index.tolist() == [7, 8]
+    try:
+        replay.train_batch(torch.tensor([0, 1]))
+    except RuntimeError as error:
+        assert "batch 3" in str(error) and "yielded 2" in str(error)
+    else:
+        raise AssertionError("a third batch was handed out")
+
+
+def test_the_recording_loader_keeps_copies_of_what_it_yielded():
+    import torch
+    lockstep = load("bic_lockstep")
+    batches = [(torch.zeros(2, 3), torch.tensor([0, 1]), 0), (torch.ones(2, 3), torch.tensor([1, 0]), 0)]
+    loader = lockstep.RecordingLoader(batches)
+    for x, _, _ in loader:
+        x.add_(5)  # a consumer that changes the batch in place does not change the record
+    assert len(loader) == 2 and [float(x.sum()) for x, _ in loader.batches] == [0.0, 6.0]
+    assert [y.tolist() for _, y in loader.batches] == [[0, 1], [1, 0]]

@@ -57,6 +57,15 @@ def reference_side(reference: Path, seed: int, data: Path, log_dir: Path):
     return Trainer(args, seed, ["acc", "time"], ["acc", "time"])
 
 
+def copy_weights(our_model, ref_model) -> None:
+    """Our initial weights into the reference's model: the same ResNet-32, its state in the same order."""
+    ref_state = ref_model.state_dict()
+    ours = list(our_model.state_dict().values())
+    if [v.shape for v in ref_state.values()] != [v.shape for v in ours]:
+        raise SystemExit("the two ResNet-32s' state dicts do not line up; the weight copy would be wrong")
+    ref_model.load_state_dict(dict(zip(ref_state, (v.clone() for v in ours))))
+
+
 def image_keys(images_hwc: np.ndarray, labels) -> list[tuple[bytes, int]]:
     return [(img.tobytes(), int(y)) for img, y in zip(images_hwc, labels)]
 
@@ -125,17 +134,24 @@ def compare_first_step(t, ref_learner, ref_data, data, learner, results) -> None
         model.zero_grad(set_to_none=True)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(doc: str) -> argparse.Namespace:
+    """The command line of this folder's one-seed BiC scripts (this one and bic_lockstep.py); one thread."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--reference", type=Path, required=True, help="a checkout of GT-RIPL/AlwaysBeDreaming-DFCIL")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("benchmarks/results/reference-parity"),
-                    help="folder for the data files (shared with parity.py) and the reference's log")
-    ap.add_argument("--out", type=Path, help="also write the checks as JSON here")
+                    help="folder for the data files (shared with parity.py); bic_step.py keeps the "
+                         "reference's log here")
+    ap.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = ap.parse_args()
     if not (args.reference / "run_dfcil.py").is_file():
         ap.error(f"{args.reference} is not a checkout of GT-RIPL/AlwaysBeDreaming-DFCIL (no run_dfcil.py)")
     torch.set_num_threads(1)
+    return args
+
+
+def main() -> int:
+    args = arguments(__doc__)
     data_root = parity.write_data(args.work / "data")
     trainer = reference_side(args.reference.resolve(), args.seed, data_root, args.work / "bic-step-log")
     ref_learner, ref_data = trainer.learner, trainer.train_dataset
@@ -149,12 +165,7 @@ def main() -> int:
     ours_tasks = [data.class_order[a:b] for a, b in zip(data.bounds, data.bounds[1:])]
     check("class order", [list(t) for t in trainer.tasks] == ours_tasks, f"reference {trainer.tasks}", results)
 
-    # our initial weights into the reference's model: the same ResNet-32, parameters in the same order
-    ref_state = ref_learner.model.state_dict()
-    ours = list(learner.model.state_dict().values())
-    if [v.shape for v in ref_state.values()] != [v.shape for v in ours]:
-        raise SystemExit("the two ResNet-32s' state dicts do not line up; the weight copy would be wrong")
-    ref_learner.model.load_state_dict(dict(zip(ref_state, (v.clone() for v in ours))))
+    copy_weights(learner.model, ref_learner.model)
 
     n_tasks = len(trainer.tasks)
     tasks = [Task(t, data.n_tasks, data.bounds[t], data.bounds[t + 1]) for t in range(n_tasks)]
