@@ -68,7 +68,8 @@ class RecordingLoader:
 
 
 class ReplayedBatches:
-    """Our training data, except that `train_batch` returns the reference's recorded batches in order."""
+    """Our training data, except that `train_batch` returns the reference's recorded batches in order. Those come
+    normalized by the reference's transform, which is what BiC's main stage asks for (`normalize=True`)."""
 
     def __init__(self, data, batches):
         self.data, self.batches, self.taken = data, batches, 0
