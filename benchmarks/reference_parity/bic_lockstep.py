@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -118,7 +117,7 @@ def main() -> int:
 
     from dfcil_core.learners.api import Task
     from dfcil_core.run import build
-    from dfcil_core.trainer import train_task
+    from dfcil_core.trainer import seed_everything, train_task
     ours = {side: build(parity.our_settings("bic"), args.seed, "cpu", data_root=str(data_root))[1:]
             for side in ("ours", "ours_one_ulp")}  # (train settings, data, learner); the same seed: the same weights
     train = ours["ours"][0]
@@ -129,8 +128,7 @@ def main() -> int:
     tasks = []
     for t in range(len(trainer.tasks)):
         # the reference's task t, as its Trainer.train runs it (seeds, datasets, loader), recording the batches
-        for seed_fn in (random.seed, np.random.seed, torch.manual_seed):
-            seed_fn(args.seed * 100 + t)
+        seed_everything(args.seed * 100 + t)  # the three generators, as its Trainer seeds them
         ref_data.load_dataset(t, train=True)
         ref_learner.add_valid_output_dim(len(trainer.tasks_logits[t]))
         ref_data.append_coreset(only=False)
