@@ -78,6 +78,8 @@ class ReplayedBatches:
 
     def train_batch(self, index, normalize=True):
         from dfcil_core.learners.api import Batch
+        if not normalize:
+            raise RuntimeError("a stage asked for unnormalized batches; the reference's recorded ones are normalized")
         if self.taken == len(self.batches):
             raise RuntimeError(f"our stage asked for batch {self.taken + 1}; the reference's loader yielded "
                                f"{len(self.batches)}")
