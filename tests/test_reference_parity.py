@@ -103,6 +103,25 @@ def test_a_record_of_fewer_seeds_runs_only_the_seeds_it_lacks(tmp_path):
     assert not (runs / "base" / "seed2.json").exists()
 
 
+def test_our_seed_is_recorded_from_its_child_and_the_hand_over_file_is_removed(tmp_path, monkeypatch):
+    parity = load("parity")
+    matrix = [[90.0], [10.0, 95.0]]
+
+    def child(cmd, **kwargs):  # stands in for `parity.py --ours`: it writes its matrix where --result says
+        Path(cmd[cmd.index("--result") + 1]).write_text(json.dumps(matrix))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(parity.subprocess, "run", child)
+    args = argparse.Namespace(out=tmp_path, data=Path("DATA"))
+    record = parity.run_seed("ours", "base", 4, args)
+    seed_dir = tmp_path / "runs" / "ours" / "base"
+    assert record["seed"] == 4 and record["accuracy"] == matrix
+    assert json.loads((seed_dir / "seed4.json").read_text()) == record
+    assert not (seed_dir / "seed4.matrix.json").exists()
+    monkeypatch.setattr(parity.subprocess, "run", lambda cmd, **kwargs: pytest.fail("a recorded seed ran again"))
+    assert parity.run_seed("ours", "base", 4, args) == record
+
+
 def test_paired_differences_are_taken_over_the_seeds_both_sides_recorded(tmp_path):
     sides = {"a": {"seeds": [0, 1, 2, 3], "final": [50.0, 60.0, 55.0, 99.0]},
              "b": {"seeds": [0, 1, 2], "final": [52.0, 55.0, 55.0]}}

@@ -178,8 +178,11 @@ def run_seed(side: str, method: str, seed: int, args) -> dict:
     seconds = time.perf_counter() - start
     if code != 0:
         raise RuntimeError(f"{side} {method} seed {seed} failed (exit {code}); see {log}")
-    matrix = (read_reference(run_dir)[seed] if side == "reference"
-              else json.loads(out.with_suffix(".matrix.json").read_text()))
+    if side == "reference":
+        matrix = read_reference(run_dir)[seed]
+    else:  # the child's hand-over file: its content goes into the seed's record below
+        matrix = json.loads(out.with_suffix(".matrix.json").read_text())
+        out.with_suffix(".matrix.json").unlink()
     record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd}
     out.write_text(json.dumps(record, indent=1))
     return record
