@@ -116,10 +116,30 @@ def test_our_seed_is_recorded_from_its_child_and_the_hand_over_file_is_removed(t
     record = parity.run_seed("ours", "base", 4, args)
     seed_dir = tmp_path / "runs" / "ours" / "base"
     assert record["seed"] == 4 and record["accuracy"] == matrix
+    assert record["machine"] == parity.machine() and "torch " in record["machine"]
     assert json.loads((seed_dir / "seed4.json").read_text()) == record
     assert not (seed_dir / "seed4.matrix.json").exists()
     monkeypatch.setattr(parity.subprocess, "run", lambda cmd, **kwargs: pytest.fail("a recorded seed ran again"))
     assert parity.run_seed("ours", "base", 4, args) == record
+
+
+def test_the_table_says_which_machine_ran_each_seed_and_which_pairs_ran_apart():
+    """The same code and seed round differently on another CPU model, so a pair whose sides ran on different
+    (or unrecorded) machines is named, and records older than the machine field count as not recorded."""
+    parity = load("parity")
+    a, b = "CPU A family 1 model 2, 2 cores, torch 9", "CPU B family 3 model 4, 2 cores, torch 9"
+    record = lambda seeds, where: {"seeds": seeds, "final": [0.0] * len(seeds), "machines": where}  # noqa: E731
+    records = {("reference", "base"): {"seeds": [0, 1, 2, 3, 5], "final": [0.0] * 5},  # older than the field
+               ("ours", "base"): record([0, 1, 2, 3, 5], [a] * 5),
+               ("reference", "e2e"): record([0, 1, 2], [a, a, b]),
+               ("ours", "e2e"): record([0, 1, 2], [a, a, a])}
+    note = parity.machines_note(records, ["base", "e2e"])
+    assert f"- {a}: ours base seeds 0-3, 5; reference e2e seeds 0-1; ours e2e seeds 0-2" in note
+    assert f"- {b}: reference e2e seeds 2" in note
+    assert "- not recorded: reference base seeds 0-3, 5" in note
+    assert note.endswith("did not run on one recorded machine: base seeds 0-3, 5; e2e seeds 2")
+    records[("reference", "e2e")] = record([0, 1, 2], [a] * 3)
+    assert parity.machines_note(records, ["e2e"]).endswith("did not run on one recorded machine: none")
 
 
 def test_paired_differences_are_taken_over_the_seeds_both_sides_recorded(tmp_path):

@@ -24,6 +24,7 @@ OUT/parity.json.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -146,15 +148,16 @@ def method_record(side: str, method: str, args) -> dict | None:
         return None
     record = json.loads(path.read_text())
     if len(record["final"]) >= args.seeds:
-        return {**record, **{k: record[k][:args.seeds] for k in ("seeds", "accuracy", "final")}}
+        return {**record, **{k: record[k][:args.seeds] for k in ("seeds", "accuracy", "final", "machines")
+                             if k in record}}
     seconds = record["seconds"] if isinstance(record["seconds"], list) else [None] * len(record["seeds"])
     commands = record.get("commands") or [record["command"]] * len(record["seeds"])
-    for seed, matrix, s, cmd in zip(record["seeds"], record["accuracy"], seconds, commands):
+    for seed, matrix, s, cmd, where in zip(record["seeds"], record["accuracy"], seconds, commands, machines(record)):
         seed_path = path.parent / method / f"seed{seed}.json"
         if not seed_path.is_file():
             seed_path.parent.mkdir(parents=True, exist_ok=True)
-            seed_path.write_text(json.dumps({"seed": seed, "accuracy": matrix, "seconds": s, "command": cmd},
-                                            indent=1))
+            seed_path.write_text(json.dumps({"seed": seed, "accuracy": matrix, "seconds": s, "command": cmd,
+                                             "machine": where}, indent=1))
     return None
 
 
@@ -183,7 +186,7 @@ def run_seed(side: str, method: str, seed: int, args) -> dict:
     else:  # the child's hand-over file: its content goes into the seed's record below
         matrix = json.loads(out.with_suffix(".matrix.json").read_text())
         out.with_suffix(".matrix.json").unlink()
-    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd}
+    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd, "machine": machine()}
     out.write_text(json.dumps(record, indent=1))
     return record
 
@@ -192,9 +195,67 @@ def method_from_seeds(side: str, method: str, seeds: list[dict], args) -> dict:
     record = {"side": side, "method": method, "seeds": [s["seed"] for s in seeds],
               "accuracy": [s["accuracy"] for s in seeds],
               "final": [float(np.mean(s["accuracy"][-1])) for s in seeds],
-              "seconds": [s["seconds"] for s in seeds], "commands": [s["command"] for s in seeds]}
+              "seconds": [s["seconds"] for s in seeds], "commands": [s["command"] for s in seeds],
+              "machines": [s.get("machine") for s in seeds]}
     (args.out / "runs" / side / f"{method}.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def cpu_model() -> str:
+    """The CPU as Linux names it (model name, family, model), else the platform's word for it."""
+    try:
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
+    return (f"{fields.get('model name', platform.machine())} family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}")
+
+
+def machine() -> str:
+    """What a run's numbers depend on besides the code and the seed: the same code and seed give the same numbers
+    only on the same CPU model and torch build (README, "What is bit-identical"); elsewhere they follow another
+    trajectory, as if another seed. Read without importing torch."""
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {importlib.metadata.version('torch')}"
+
+
+def machines(record: dict) -> list[str | None]:
+    """Per seed, the machine that ran it; None where the record is older than this field."""
+    return record.get("machines") or [None] * len(record["final"])
+
+
+def seed_ranges(seeds: list[int]) -> str:
+    """0, 1, 2, 5 -> "0-2, 5"."""
+    runs: list[list[int]] = []
+    for seed in sorted(seeds):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def machines_note(records: dict, methods: list[str]) -> str:
+    """Which machine ran which seeds, and the seeds whose two sides did not run on one recorded machine: such a
+    pair differs by floating-point rounding as well as by code, which widens the noise the verdict faces."""
+    runs, unpaired = defaultdict(list), []
+    for method in methods:
+        by_side = {side: dict(zip(records[side, method]["seeds"], machines(records[side, method])))
+                   for side in ("reference", "ours")}
+        for side, by_seed in by_side.items():
+            seeds_of = defaultdict(list)
+            for seed, where in by_seed.items():
+                seeds_of[where or "not recorded"].append(seed)
+            for where, seeds in seeds_of.items():
+                runs[where].append(f"{side} {method} seeds {seed_ranges(seeds)}")
+        apart = [seed for seed, where in by_side["ours"].items()
+                 if where is None or by_side["reference"].get(seed) != where]
+        if apart:
+            unpaired.append(f"{method} seeds {seed_ranges(apart)}")
+    lines = [f"- {where}: {'; '.join(what)}" for where, what in runs.items()]
+    lines.append("- seeds whose reference and ours did not run on one recorded machine: "
+                 + ("; ".join(unpaired) or "none"))
+    return "Machines:\n" + "\n".join(lines)
 
 
 def table(records: dict, methods: list[str]) -> tuple[str, list[dict]]:
@@ -211,7 +272,8 @@ def table(records: dict, methods: list[str]) -> tuple[str, list[dict]]:
         row = {"method": method, "reference_mean": rm, "reference_std": rs, "ours_mean": om, "ours_std": os_,
                "difference": om - rm, "tolerance": tolerance, "within": abs(om - rm) <= tolerance,
                "reference_last_tasks": per_task(ref), "ours_last_tasks": per_task(ours),
-               "reference_final": ref["final"], "ours_final": ours["final"]}
+               "reference_final": ref["final"], "ours_final": ours["final"],
+               "reference_machines": machines(ref), "ours_machines": machines(ours)}
         rows.append(row)
         lines.append(f"| {method} | {rm:.1f} ± {rs:.1f} | {om:.1f} ± {os_:.1f} | {om - rm:+.1f} | {tolerance:.1f} | "
                      f"{'yes' if row['within'] else 'NO'} | {' / '.join(map(str, row['reference_last_tasks']))} | "
@@ -251,14 +313,15 @@ def main() -> int:
         if rec is None:
             records[side, m] = method_from_seeds(side, m, [seeds[side, m, r] for r in range(args.seeds)], args)
     text, rows = table(records, args.methods)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} jobs of 1 thread"
-    header = (f"Final accuracy (%) over seeds 0-{args.seeds - 1}, protocol {json.dumps(PROTOCOL)}; machine: "
-              f"{machine}; command: python benchmarks/reference_parity/parity.py --reference REF --methods "
+    text += "\n\n" + machines_note(records, args.methods)
+    header = (f"Final accuracy (%) over seeds 0-{args.seeds - 1}, protocol {json.dumps(PROTOCOL)}; each run one "
+              f"process of one thread, {args.jobs} at a time; command: python benchmarks/reference_parity/parity.py "
+              f"--reference REF --methods "
               f"{' '.join(args.methods)} --seeds {args.seeds} --jobs {args.jobs}"
               f"{f' --reference-workers {args.reference_workers}' if args.reference_workers else ''}\n\n")
     print(header + text)
     (args.out / "parity.md").write_text(header + text + "\n")
-    (args.out / "parity.json").write_text(json.dumps({"protocol": PROTOCOL, "machine": machine,
+    (args.out / "parity.json").write_text(json.dumps({"protocol": PROTOCOL, "jobs": args.jobs,
                                                      "reference_workers": args.reference_workers, "rows": rows},
                                                      indent=1))
     return 0 if all(r["within"] for r in rows) else 1
