@@ -33,8 +33,6 @@ share.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -172,8 +170,7 @@ def main() -> int:
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"seed": args.seed, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                  "torch": torch.__version__, "command": "python " + " ".join(sys.argv),
+        record = {"seed": args.seed, "machine": parity.machine(), "command": "python " + " ".join(sys.argv),
                   "seconds": round(time.perf_counter() - started, 1), "tasks": tasks}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0

@@ -28,8 +28,6 @@ import argparse
 import collections
 import copy
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -197,8 +195,8 @@ def main() -> int:
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"seed": args.seed, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                  "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "checks": results}
+        record = {"seed": args.seed, "machine": parity.machine(), "command": "python " + " ".join(sys.argv),
+                  "checks": results}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0 if all(r["ok"] for r in results) else 1
 
