@@ -159,9 +159,39 @@ def test_paired_differences_are_taken_over_the_seeds_both_sides_recorded(tmp_pat
     assert round(result["se_three_seeds"], 6) == round(se, 6)
     # P(|N(0, se)| > 3): se = 2.08, so 3 is 1.44 standard errors out, about 15 %
     assert 0.14 < result["p_miss_three_seeds"] < 0.16
+    half = 4.302653 * se  # t quantile, 2 degrees of freedom, 97.5 %
+    assert np.allclose(result["t95_interval"], [1.0 - half, 1.0 + half], atol=1e-5)
     no_record = subprocess.run([sys.executable, str(HARNESS / "paired.py"), str(tmp_path / "a"), str(tmp_path / "a"),
                                "--method", "missing"], capture_output=True, text=True)
     assert no_record.returncode == 2 and "no missing.json in" in no_record.stderr
+
+
+def test_paired_counts_tasks_that_end_their_own_training_at_chance_per_side_and_tests_the_seeds(tmp_path):
+    # accuracy[i][j]: task j after training task i; the diagonal is each task right after its own training
+    healthy = [[90.0], [10.0, 95.0], [0.0, 5.0, 88.0]]
+    sides = {"a": {0: [[90.0], [0.0, 55.0], [0.0, 0.0, 60.0]], 1: healthy, 2: [[58.0], [0.0, 97.0], [0.0, 0.0, 91.0]]},
+             "b": {0: healthy, 1: healthy, 2: [[91.0], [0.0, 61.0], [0.0, 0.0, 89.0]]}}
+    for side, matrices in sides.items():
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "base.json").write_text(json.dumps({
+            "seeds": list(matrices), "accuracy": list(matrices.values()),
+            "final": [float(np.mean(m[-1])) for m in matrices.values()]}))
+    out = tmp_path / "paired.json"
+    done = subprocess.run([sys.executable, str(HARNESS / "paired.py"), str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--method", "base", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    a, b = result["collapses"]["a"], result["collapses"]["b"]
+    assert a["collapsed_tasks"] == {"0": [1, 2], "2": [0]}  # 60.0 is on the line and counts; 61.0 does not
+    assert (a["n_collapsed_tasks"], a["n_tasks"], a["n_seeds_with_collapse"]) == (3, 9, 2)
+    assert (b["n_collapsed_tasks"], b["n_seeds_with_collapse"]) == (0, 0)
+    # 2 of 3 seeds against 0 of 3: the hypergeometric tail is C(3,2)C(3,0)/C(6,2) = 3/15 one-sided, twice that two-sided
+    assert abs(result["collapses"]["fisher_p_a_more"] - 0.2) < 1e-9
+    assert abs(result["collapses"]["fisher_p_two_sided"] - 0.4) < 1e-9
+    task1 = result["right_after_training"][1]  # a - b per seed: 55 - 95, 95 - 95, 97 - 61
+    assert task1["mean"] == (-40 + 0 + 36) / 3
+    assert abs(task1["standard_error"] - np.std([-40, 0, 36], ddof=1) / np.sqrt(3)) < 1e-9
+    assert "seed 0 tasks 1, 2; seed 2 task 0" in done.stdout
 
 
 def test_the_one_ulp_twin_differs_from_the_original_by_exactly_one_float_in_every_weight():
