@@ -30,8 +30,10 @@ run: install
 long-coreset: install
 	snakemake --cores $(CORES) --configfile config/config.yaml config/demo_long_coreset.yaml
 
+# One pytest worker per core: most tests wait on subprocesses (task jobs, snakemake, Slurm), so two workers on
+# two cores take ~2/3 of the serial time (benchmarks/README.md, "Test suite").
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(CORES)
 
 clean-results:
 	rm -rf results .snakemake
