@@ -31,7 +31,7 @@ long-coreset: install
 	snakemake --cores $(CORES) --configfile config/config.yaml config/demo_long_coreset.yaml
 
 # One pytest worker per core: most tests wait on subprocesses (task jobs, snakemake, Slurm), so two workers on
-# two cores take ~2/3 of the serial time (benchmarks/README.md, "Test suite").
+# two cores take ~2/3 of the serial time (benchmarks/README.md, "Test suite: serial and with two workers").
 test: install
 	$(PY) -m pytest -q -n $(CORES)
 
