@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import host  # benchmarks/host.py (the script's folder is on sys.path)
+
 N_CLASSES, CHANNELS, SIZE = 100, 3, 32
 FIRST_SPLIT = 20  # the benchmark's tasks: 20 classes each (the 5-task CIFAR-100 split)
 CIFAR_TRAIN = {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}  # the reference's CIFAR-100 SGD
@@ -222,7 +224,7 @@ def machine_info(device: torch.device) -> dict:
         info["cudnn"] = torch.backends.cudnn.version()
     else:
         info["gpu"] = None
-        info["cpu"] = platform.processor() or platform.machine()
+        info["cpu"] = host.cpu_model()
     return info
 
 

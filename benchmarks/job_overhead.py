@@ -34,6 +34,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import host  # benchmarks/host.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist5k-5task"
 SEED = 0
@@ -248,7 +250,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
             "command": "python benchmarks/job_overhead.py " + " ".join(sys.argv[1:]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'unknown CPU'}",
+            "machine": host.describe(),
             "python": platform.python_version(), "method": args.method, "repeats": args.repeats,
             "checkouts": results}, indent=1))
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import host  # benchmarks/host.py (the script's folder is on sys.path)
 
 
 def job_pairs(results: Path) -> list[dict]:
@@ -80,7 +80,7 @@ def main() -> int:
     by_method = defaultdict(list)
     for r in rows:
         by_method[r["method"]].append(r)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    report = {"machine": host.describe(),
               "command": " ".join(["python benchmarks/job_times.py", *sys.argv[1:]]),
               "results": str(args.results), "all": summarize(rows),
               "per_method": {m: summarize(rs) for m, rs in sorted(by_method.items())}}

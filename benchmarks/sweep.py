@@ -5,10 +5,9 @@ again by the next call, which skips the runs it already holds."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 
+import host  # benchmarks/host.py (the script's folder is on sys.path)
 from dfcil_core.atomic import write_text_atomically
 
 
@@ -22,10 +21,10 @@ class SweepRecord:
         return self.record["runs"]
 
     def add(self, run: dict) -> None:
-        import torch
         print(json.dumps(run), flush=True)
         self.runs.append(run)
         if self.out:
             self.record["commands"] = sorted({*self.record["commands"], self.command})
-            self.record.update(machine=f"{platform.machine()}, {os.cpu_count()} CPUs", torch=torch.__version__)
+            self.record.pop("torch", None)  # records before host.describe() kept the torch build apart
+            self.record.update(machine=host.describe())
             write_text_atomically(self.out, json.dumps(self.record, indent=1))

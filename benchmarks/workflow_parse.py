@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import host  # benchmarks/host.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_GRID = "config/paper/cifar100.yaml"
@@ -96,7 +97,7 @@ def main() -> int:
             if "Nothing to be done" not in done.stdout + done.stderr:
                 raise RuntimeError(f"the demo run in {c} was not a no-op:\n{done.stdout[-2000:]}")
             r["demo_noop_s"].append(round(seconds, 2))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    machine = host.describe()
     print(f"machine: {machine}; load average at the end: {os.getloadavg()[0]:.1f}; medians of {args.repeats}")
     for c, r in record.items():
         print(f"{r['commit']} ({c}): torch modules at parse: {len(r['torch_at_parse'])}; paper grid dry run "

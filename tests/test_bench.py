@@ -4,11 +4,13 @@ comparison is outside the tolerances."""
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+sys.path.insert(0, str(SCRIPT.parent))  # bench.py imports its sibling host.py, as when run as a script
 spec = importlib.util.spec_from_file_location("bench", SCRIPT)
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)

@@ -116,7 +116,7 @@ def test_our_seed_is_recorded_from_its_child_and_the_hand_over_file_is_removed(t
     record = parity.run_seed("ours", "base", 4, args)
     seed_dir = tmp_path / "runs" / "ours" / "base"
     assert record["seed"] == 4 and record["accuracy"] == matrix
-    assert record["machine"] == parity.machine() and "torch " in record["machine"]
+    assert record["machine"] == parity.host.describe() and " cores, torch " in record["machine"]
     assert json.loads((seed_dir / "seed4.json").read_text()) == record
     assert not (seed_dir / "seed4.matrix.json").exists()
     monkeypatch.setattr(parity.subprocess, "run", lambda cmd, **kwargs: pytest.fail("a recorded seed ran again"))

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +131,7 @@ def tiny_config(root, **overrides):
 
 
 @pytest.mark.slow
-def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
+def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path, monkeypatch):
     write_cifar100(tmp_path / "data")
     config = tiny_config(tmp_path)
     out = snakemake(tmp_path, configfile=config)
@@ -156,9 +155,11 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path):
     assert job_times.returncode == 0, job_times.stderr
     timed = json.loads((tmp_path / "job_times.json").read_text())
     assert timed["all"]["jobs"] == 4 and timed["floor"]["import_torch_seconds"] > 0
+    assert " cores, torch " in timed["machine"]  # benchmarks/host.py: CPU model, cores, torch build
     own = timed["all"]["own_seconds"]
     assert timed["floor"]["ratio_from_import_alone"] == pytest.approx(
         (own + 4 * timed["floor"]["import_torch_seconds"]) / own, abs=2e-3)
+    monkeypatch.syspath_prepend(REPO / "benchmarks")  # job_times.py imports its sibling host.py
     spec = importlib.util.spec_from_file_location("job_times", REPO / "benchmarks" / "job_times.py")
     job_times_module = importlib.util.module_from_spec(spec)  # a script, not a package: loaded, not on sys.path
     spec.loader.exec_module(job_times_module)

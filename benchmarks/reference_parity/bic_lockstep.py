@@ -43,9 +43,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bic_step  # noqa: E402  (the reference's Trainer for BiC, our weights into it, image keys)
+import host  # noqa: E402  (benchmarks/host.py: the machine a record names)
 import parity  # noqa: E402
 
 
@@ -170,7 +172,7 @@ def main() -> int:
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"seed": args.seed, "machine": parity.machine(), "command": "python " + " ".join(sys.argv),
+        record = {"seed": args.seed, "machine": host.describe(), "command": "python " + " ".join(sys.argv),
                   "seconds": round(time.perf_counter() - started, 1), "tasks": tasks}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0

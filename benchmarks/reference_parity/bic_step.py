@@ -36,8 +36,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import host  # noqa: E402  (benchmarks/host.py: the machine a record names)
 import parity  # noqa: E402  (this folder's harness: the protocol, the data, the reference's arguments)
 import reference_cpu  # noqa: E402
 
@@ -195,7 +197,7 @@ def main() -> int:
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"seed": args.seed, "machine": parity.machine(), "command": "python " + " ".join(sys.argv),
+        record = {"seed": args.seed, "machine": host.describe(), "command": "python " + " ".join(sys.argv),
                   "checks": results}
         args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0 if all(r["ok"] for r in results) else 1

@@ -24,10 +24,8 @@ OUT/parity.json.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+
+import host  # noqa: E402  (benchmarks/host.py: the machine each seed's record names)
 
 N_TASKS = 5
 PROTOCOL = {"epochs": 10, "lr": 0.01, "batch_size": 128, "momentum": 0.9, "weight_decay": 2e-4,
@@ -186,7 +187,7 @@ def run_seed(side: str, method: str, seed: int, args) -> dict:
     else:  # the child's hand-over file: its content goes into the seed's record below
         matrix = json.loads(out.with_suffix(".matrix.json").read_text())
         out.with_suffix(".matrix.json").unlink()
-    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd, "machine": machine()}
+    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd, "machine": host.describe()}
     out.write_text(json.dumps(record, indent=1))
     return record
 
@@ -199,24 +200,6 @@ def method_from_seeds(side: str, method: str, seeds: list[dict], args) -> dict:
               "machines": [s.get("machine") for s in seeds]}
     (args.out / "runs" / side / f"{method}.json").write_text(json.dumps(record, indent=1))
     return record
-
-
-def cpu_model() -> str:
-    """The CPU as Linux names it (model name, family, model), else the platform's word for it."""
-    try:
-        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
-    return (f"{fields.get('model name', platform.machine())} family {fields.get('cpu family', '?')} "
-            f"model {fields.get('model', '?')}")
-
-
-def machine() -> str:
-    """What a run's numbers depend on besides the code and the seed: the same code and seed give the same numbers
-    only on the same CPU model and torch build (README, "What is bit-identical"); elsewhere they follow another
-    trajectory, as if another seed. Read without importing torch."""
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {importlib.metadata.version('torch')}"
 
 
 def machines(record: dict) -> list[str | None]:

@@ -1,0 +1,34 @@
+"""The machine a benchmark's numbers came from, named the same way in every record under benchmarks/.
+
+Timings of the same code differ by up to 3x between the VMs we measure on, and training numbers differ between CPU
+models and torch builds (README, "What is bit-identical"), so a record names the CPU model (with its family and
+model numbers: "AMD EPYC" alone covers CPUs of different speed), the core count and the torch build. Read without
+importing torch, so that scripts timing torch's import can call it first.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU as Linux names it (model name, family, model), else the platform's word for it."""
+    try:
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
+    return (f"{fields.get('model name', platform.machine())} family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}")
+
+
+def describe() -> str:
+    """e.g. "AMD EPYC family 25 model 1, 2 cores, torch 2.14.1"."""
+    try:
+        torch = f"torch {importlib.metadata.version('torch')}"
+    except importlib.metadata.PackageNotFoundError:
+        torch = "no torch"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {torch}"
