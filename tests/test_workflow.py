@@ -159,9 +159,10 @@ def test_tiny_run_end_to_end_then_nothing_to_do(tmp_path, monkeypatch):
     own = timed["all"]["own_seconds"]
     assert timed["floor"]["ratio_from_import_alone"] == pytest.approx(
         (own + 4 * timed["floor"]["import_torch_seconds"]) / own, abs=2e-3)
-    monkeypatch.syspath_prepend(REPO / "benchmarks")  # job_times.py imports its sibling host.py
+    # A script, not a package: loaded from its file, with its folder on sys.path for its sibling host.py
+    monkeypatch.syspath_prepend(REPO / "benchmarks")
     spec = importlib.util.spec_from_file_location("job_times", REPO / "benchmarks" / "job_times.py")
-    job_times_module = importlib.util.module_from_spec(spec)  # a script, not a package: loaded, not on sys.path
+    job_times_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job_times_module)
     pairs = job_times_module.job_pairs(results)
     assert {(r["method"], r["task"]) for r in pairs} == {(m, f"task{t}") for m in ("base", "naive_rehearsal")

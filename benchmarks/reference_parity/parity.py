@@ -187,7 +187,8 @@ def run_seed(side: str, method: str, seed: int, args) -> dict:
     else:  # the child's hand-over file: its content goes into the seed's record below
         matrix = json.loads(out.with_suffix(".matrix.json").read_text())
         out.with_suffix(".matrix.json").unlink()
-    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd, "machine": host.describe()}
+    record = {"seed": seed, "accuracy": matrix, "seconds": round(seconds, 1), "command": cmd,
+              "machine": host.describe()}
     out.write_text(json.dumps(record, indent=1))
     return record
 
