@@ -103,11 +103,16 @@ class Learner:
         return self.seen_logits(x)
 
     # ---- state: tensors and plain Python values only, so it loads with weights_only=True ----
+    # The attributes saved with a task's state, under their own names; each has state_dict/load_state_dict
+    # (a module, an optimizer, a memory). A method keeping anything else extends the two methods below.
+    state_parts: tuple[str, ...] = ("model",)
+
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict()}
+        return {name: getattr(self, name).state_dict() for name in self.state_parts}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        for name in self.state_parts:
+            getattr(self, name).load_state_dict(state[name])
 
     # ---- the paper's "mem" metric (§7.2), in bytes ----
     def stored_memory(self) -> dict:

@@ -39,6 +39,7 @@ def apply_bias(z: Tensor, layers: list[Tensor], bounds: list[int]) -> Tensor:
 
 class BiC(LwF):
     name = "bic"
+    state_parts = ("model", "memory")  # and the bias rows (below)
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
@@ -103,11 +104,10 @@ class BiC(LwF):
 
     def state_dict(self) -> dict:
         bias = torch.stack([b.detach().cpu() for b in self.bias]) if self.bias else torch.zeros(0, 2)
-        return {**super().state_dict(), "memory": self.memory.state_dict(), "bias": bias}
+        return {**super().state_dict(), "bias": bias}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.memory.load_state_dict(state["memory"])
         rows = state["bias"]
         del self.bias[len(rows):]
         with torch.no_grad():  # in place: a stage resumed from a checkpoint optimizes these very objects

@@ -23,6 +23,7 @@ GRID_SEED = 0  # the sample grid uses its own noise, the same for every task, an
 
 class DataFreeLearner(TeacherLearner):
     tiny_overrides = {"power_iters": 4, "generator_z_dim": 16, "generator_width": 8}
+    state_parts = ("model", "generator", "generator_opt")
 
     def __init__(self, hp: dict, ctx):
         super().__init__(hp, ctx)
@@ -73,12 +74,3 @@ class DataFreeLearner(TeacherLearner):
             x = self.generator.sample(64, generator=noise)
         data = self.ctx.data
         save_grid(x * data.std + data.mean, out_dir / "samples.png")
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "generator": self.generator.state_dict(),
-                "generator_opt": self.generator_opt.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.generator.load_state_dict(state["generator"])
-        self.generator_opt.load_state_dict(state["generator_opt"])

@@ -24,6 +24,7 @@ GRID_SEED = 0
 
 class DGR(Learner):
     name = "dgr"
+    state_parts = ("model", "vae")
     normalize_inputs = False  # dataloaders/utils.py: DGR's transforms skip Normalize
     tiny_overrides = {"vae_z_dim": 16, "vae_width": 8}
 
@@ -63,10 +64,3 @@ class DGR(Learner):
         self.vae.eval()
         save_grid(self.vae.sample(64, generator=torch.Generator(device=self.ctx.device).manual_seed(GRID_SEED)),
                   out_dir / "samples.png")
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "vae": self.vae.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.vae.load_state_dict(state["vae"])

@@ -34,6 +34,7 @@ def taskwise_kd(z: Tensor, z_teacher: Tensor, blocks: list[range], denominator: 
 
 class E2E(LwF):
     name = "e2e"
+    state_parts = ("model", "memory")
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
@@ -81,10 +82,3 @@ class E2E(LwF):
         kd = taskwise_kd(z, z_old, task_blocks(self.ctx.data.bounds, t.index), t.n_seen_classes, temperature)
         kd = kd + len(new) / t.n_seen_classes * kd_loss(z[:, new.start:new.stop], target, temperature)
         return {"ce": F.cross_entropy(z, batch.y), "kd": self.hp["mu"] * kd}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "memory": self.memory.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.memory.load_state_dict(state["memory"])

@@ -6,6 +6,7 @@ from dfcil_core.memory import RandomMemory
 
 class NaiveRehearsal(Learner):
     name = "naive_rehearsal"
+    state_parts = ("model", "memory")
 
     def __init__(self, hp, ctx):
         super().__init__(hp, ctx)
@@ -16,10 +17,3 @@ class NaiveRehearsal(Learner):
 
     def end_task(self, task: Task) -> None:
         self.memory.update(task.index, task.n_seen_classes, self.ctx.data.train_y)
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "memory": self.memory.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.memory.load_state_dict(state["memory"])
