@@ -244,3 +244,16 @@ def test_the_recording_loader_keeps_copies_of_what_it_yielded():
         x.add_(5)  # a consumer that changes the batch in place does not change the record
     assert len(loader) == 2 and [float(x.sum()) for x, _ in loader.batches] == [0.0, 6.0]
     assert [y.tolist() for _, y in loader.batches] == [[0, 1], [1, 0]]
+
+
+def test_a_record_names_the_kernel_caps_set_in_the_environment(monkeypatch):
+    """An AVX-512 CPU with torch's kernels held to AVX2 rounds as an AVX2 CPU does, so the record says so."""
+    host = load("parity").host
+    for name in host.KERNEL_CAPS:
+        monkeypatch.delenv(name, raising=False)
+    plain = host.describe()
+    assert "ONEDNN_MAX_CPU_ISA" not in plain and "ATEN_CPU_CAPABILITY" not in plain
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert host.describe() == plain + ", ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
+
