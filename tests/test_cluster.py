@@ -3,8 +3,6 @@
 import os
 import re
 
-import pytest
-
 from conftest import tiny_settings
 from dfcil_core import devices
 from dfcil_core.run import train_in_process

@@ -1,6 +1,5 @@
 """Per-class memory allocation (§6.1) and random class-balanced selection."""
 
-import numpy as np
 import pytest
 import torch
 
