@@ -47,7 +47,7 @@ VARIANTS = {
     # seed its lr 0.02 or 0.1, mu 1 or 300 inversion iterations each rescued it; these two are checked over seeds 0-9.
     "lwf-synthetic-lr0.1": {"method_settings": {"lwf_synthetic": {"train": {"lr": 0.1}}}},
     "lwf-synthetic-mu1": {"method_settings": {"lwf_synthetic": {"mu": 1.0}}},
-    # R-DFCIL's demo lr: its paper's 0.1 (the demo's setting) against the demo's default 0.05.
+    # R-DFCIL's demo lr: its paper's 0.1 (the demo's setting) against the demo's default then, 0.05.
     "rdfcil-lr0.05": {"method_settings": {"rdfcil": {"train": {"lr": 0.05}}}},
     # With AVX2 kernels Base seed 8 lost its last task at the demo's lr 0.05 (5 vs 3; none did with AVX-512).
     "lr0.03": {"train": {"lr": 0.03}},
